@@ -1,0 +1,198 @@
+"""Pipeline configuration: YAML in pipelines/, validated on load.
+
+Every section forbids unknown keys, and every error names the dotted path of the bad key, e.g.
+`level1.detectors[1].score_treshold: unknown key`. Defaults reproduce the published GranD rules
+(docs/REFERENCE_PIPELINE.md in ../shared and docs/pipeline.md here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be used; the message names the file and the bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Resources(_Strict):
+    """Ray resources of one model stage's actor pool."""
+
+    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per actor (0.25 = four actors share a GPU)")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor; fractions keep small machines from hanging")
+    pool_size: int = Field(1, ge=1, description="actors in the pool")
+    max_restarts: int = Field(3, ge=-1, description="times Ray restarts a dead actor (-1: forever)")
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor, GiB")
+
+
+class ModelSpec(_Strict):
+    """One model: which adapter, which weights, how to run it."""
+
+    name: str = Field(description="unique name used in outputs and provenance, e.g. grounding_dino")
+    backend: Literal["transformers", "onnx-yolox"] = "transformers"
+    checkpoint: str = Field(
+        description="Hugging Face id, local directory/file, or tiny:<arch> for a random-weight test model"
+    )
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    batch_size: int = Field(4, ge=1)
+    threads: int = Field(1, ge=1, description="torch / onnxruntime intra-op threads per actor on CPU")
+    resources: Resources = Field(default_factory=Resources)
+    options: dict = Field(default_factory=dict, description="adapter-specific knobs (documented per adapter)")
+
+
+class TaggerSpec(ModelSpec):
+    vocabulary: str = Field(
+        "vocab/concepts.txt",
+        description="concept list, one per line; relative paths are resolved against the config file",
+    )
+    top_k: int = Field(10, ge=1)
+    min_score: float = Field(0.0, ge=0, le=1)
+
+
+class DetectorSpec(ModelSpec):
+    queries: Literal["tags", "none"] = Field(
+        "none", description="tags: open-vocabulary detector queried with the image's tags"
+    )
+    score_threshold: float = Field(0.3, ge=0, le=1, description="merge step B: per-model keep threshold")
+    person_threshold: float | None = Field(None, ge=0, le=1, description="threshold for 'person' boxes")
+    lone_person_threshold: float | None = Field(
+        None, ge=0, le=1, description="a 'person' box above this becomes an object even if no other model agrees"
+    )
+    gives_attributes: bool = Field(False, description="labels of this model are region descriptions (GRiT)")
+
+
+class VotingSpec(_Strict):
+    """Cross-model merge (reference merge steps A and B)."""
+
+    pre_score_threshold: float = Field(0.1, ge=0, le=1, description="step A: drop boxes below this score")
+    pre_nms_iou: float = Field(0.9, gt=0, le=1, description="step A: class-agnostic NMS per model")
+    match_iou: float = Field(0.65, gt=0, le=1, description="step B: IoU for boxes of two models to agree")
+    min_models: int = Field(2, ge=1, description="groups seen by this many models are objects; others float")
+    label_aliases: dict[str, str] = Field(
+        default_factory=lambda: {"man": "person", "woman": "person", "men": "person", "women": "person"}
+    )
+
+
+class SegmenterSpec(ModelSpec):
+    segment_floating: bool = Field(True, description="also mask floating objects")
+    gt_match_iou: float = Field(0.65, gt=0, le=1, description="IoU to reuse an SA-1B ground-truth mask")
+
+
+class DepthSpec(ModelSpec):
+    pass
+
+
+class Level1Spec(_Strict):
+    taggers: list[TaggerSpec] = Field(default_factory=list)
+    detectors: list[DetectorSpec] = Field(min_length=1, description="in priority order (first wins a group)")
+    voting: VotingSpec = Field(default_factory=VotingSpec)
+    segmenter: SegmenterSpec | None = None
+    depth: DepthSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Level1Spec":
+        names = [m.name for m in self.models()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        if any(d.queries == "tags" for d in self.detectors) and not self.taggers:
+            raise ValueError("a detector has queries: tags but no taggers are configured")
+        return self
+
+    def models(self) -> list[ModelSpec]:
+        out: list[ModelSpec] = [*self.taggers, *self.detectors]
+        out += [m for m in (self.segmenter, self.depth) if m is not None]
+        return out
+
+
+class InputSpec(_Strict):
+    shard_size: int = Field(256, ge=1, description="images per shard when the input is a folder")
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="larger images are refused as decompression bombs (PIL's default)"
+    )
+    image_column: str = Field("image", description="Parquet inputs: column with image bytes (or {bytes: ...})")
+    id_column: str | None = Field(None, description="Parquet inputs: column with stable image ids")
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"],
+        description="folder inputs: files with these suffixes are inputs (a broken one becomes an error row)",
+    )
+
+
+class RuntimeSpec(_Strict):
+    cpu_task_num_cpus: float = Field(0.25, gt=0, description="CPUs per CPU-only task (decode, vote, assemble)")
+    max_errors_per_stage_batch_retry: int = Field(1, ge=0, description="a failing batch is retried image by image")
+
+
+class PipelineConfig(_Strict):
+    name: str = "grand"
+    input: InputSpec = Field(default_factory=InputSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    level1: Level1Spec
+
+    # where the YAML lives; relative paths (vocabularies, local checkpoints) resolve against it
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("must be a non-empty name without '/'")
+        return v
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ""
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {path or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = None) -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source} is not a valid pipeline config:\n{_format_errors(err)}") from None
+    cfg.base_dir = (base_dir or Path.cwd()).resolve()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML. `overrides` is a nested dict merged on top (CLI flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see pipelines/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return parse_config(data, str(path), path.parent)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,1 @@
+"""Pure logic: records, geometry, RLE, voting, depth. No Ray, no model weights."""

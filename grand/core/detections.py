@@ -1,0 +1,74 @@
+"""A vectorised container for one image's boxes from one model (in the spirit of supervision's
+`Detections`): filtering and NMS are methods over arrays instead of loops over dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Detections:
+    """Boxes of one model on one image.
+
+    xyxy:   (N, 4) float32, absolute pixel coordinates [x1, y1, x2, y2] in the oriented image.
+    scores: (N,) float32 in [0, 1].
+    labels: (N,) object array of str (already lower-case, stripped).
+    model:  the config name of the model that produced them (e.g. "grounding_dino").
+    """
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    model: str = ""
+    attributes: np.ndarray | None = field(default=None)  # optional (N,) str, e.g. GRiT descriptions
+
+    def __post_init__(self) -> None:
+        self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.labels = np.asarray(list(self.labels), dtype=object).reshape(-1)
+        if self.attributes is not None:
+            self.attributes = np.asarray(list(self.attributes), dtype=object).reshape(-1)
+        n = len(self.xyxy)
+        if len(self.scores) != n or len(self.labels) != n:
+            raise ValueError(
+                f"Detections arrays disagree: {n} boxes, {len(self.scores)} scores, {len(self.labels)} labels"
+            )
+
+    @classmethod
+    def empty(cls, model: str = "") -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, object), model)
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index) -> "Detections":
+        """Select by boolean mask or integer index array; keeps the model name."""
+        index = np.asarray(index)
+        if index.dtype != bool:
+            index = index.astype(np.int64).reshape(-1)
+        attrs = None if self.attributes is None else self.attributes[index]
+        return Detections(self.xyxy[index], self.scores[index], self.labels[index], self.model, attrs)
+
+    # -- transport between pipeline stages (plain JSON-able dicts) -------------------------------
+    def to_dict(self) -> dict:
+        out = {
+            "model": self.model,
+            "xyxy": self.xyxy.round(2).tolist(),
+            "scores": self.scores.round(5).tolist(),
+            "labels": [str(x) for x in self.labels],
+        }
+        if self.attributes is not None:
+            out["attributes"] = [str(x) for x in self.attributes]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Detections":
+        return cls(
+            np.asarray(d["xyxy"], np.float32).reshape(-1, 4),
+            d["scores"],
+            d["labels"],
+            d.get("model", ""),
+            d.get("attributes"),
+        )

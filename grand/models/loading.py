@@ -1,0 +1,80 @@
+"""Where weights come from and where they run: checkpoint resolution (HF id, local dir, tiny:<arch>),
+device and dtype. Shared by every adapter so that errors read the same everywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from grand.config import ModelSpec
+
+TINY_PREFIX = "tiny:"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A checkpoint that cannot be loaded here; the message says how to provide it."""
+
+
+def default_cache_dir() -> Path:
+    """Where tiny checkpoints are built and cached (GRAND_CACHE, else ~/.cache/grand)."""
+    return Path(os.environ.get("GRAND_CACHE", Path.home() / ".cache" / "grand"))
+
+
+def resolve_checkpoint(spec: ModelSpec, base_dir: Path | None = None) -> str:
+    """Turn spec.checkpoint into something `from_pretrained` / onnxruntime can open.
+
+    - `tiny:<arch>`: a tiny random-weight checkpoint, built offline on first use and cached.
+    - an existing local path (absolute, or relative to the config's folder): that path.
+    - `$GRAND_MODEL_DIR/<id>` when that directory exists (pre-downloaded weights on a cluster).
+    - otherwise the Hugging Face id itself (the hub cache or a download decides at load time).
+    """
+    ckpt = spec.checkpoint
+    if ckpt.startswith(TINY_PREFIX):
+        from grand.models.tiny import ensure_tiny
+
+        return str(ensure_tiny(ckpt[len(TINY_PREFIX):]))
+    local = Path(ckpt).expanduser()
+    if not local.is_absolute() and base_dir is not None and (base_dir / local).exists():
+        local = base_dir / local
+    if local.exists():
+        return str(local.resolve())
+    model_dir = os.environ.get("GRAND_MODEL_DIR")
+    if model_dir and (Path(model_dir) / ckpt).exists():
+        return str(Path(model_dir) / ckpt)
+    return ckpt
+
+
+def unavailable(spec: ModelSpec, err: Exception) -> ModelUnavailableError:
+    """The error a user sees when weights cannot be loaded (typically: offline and not cached)."""
+    return ModelUnavailableError(
+        f"model '{spec.name}' could not load checkpoint '{spec.checkpoint}': {type(err).__name__}: {err}\n"
+        "  Provide the weights in one of these ways:\n"
+        "  - download them where the hub is reachable (`huggingface-cli download <id>`) and reuse the HF cache\n"
+        "    (HF_HOME) on this machine, or\n"
+        "  - put a local copy at $GRAND_MODEL_DIR/<id> or point `checkpoint:` at a local directory, or\n"
+        "  - for a smoke test, use `checkpoint: tiny:<arch>` (see `grand models list`)."
+    )
+
+
+def torch_device(spec: ModelSpec) -> str:
+    import torch
+
+    if spec.device != "auto":
+        return spec.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(spec: ModelSpec, device: str):
+    """Half precision only on accelerators: CPU kernels for fp16 are slow or missing."""
+    import torch
+
+    if device == "cpu":
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec.dtype]
+
+
+def set_threads(spec: ModelSpec) -> None:
+    """Keep each CPU actor to its own thread budget so that pools on one node do not oversubscribe."""
+    import torch
+
+    torch.set_num_threads(spec.threads)

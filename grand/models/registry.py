@@ -1,0 +1,41 @@
+"""Build the adapter a spec asks for. Imports are lazy so that a CPU task never pays for torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grand.config import DepthSpec, DetectorSpec, ModelSpec, SegmenterSpec, TaggerSpec
+
+
+def build_model(spec: ModelSpec, base_dir: Path | None = None):
+    """Return a loaded adapter (Tagger, Detector, Segmenter or DepthEstimator) for `spec`.
+
+    Detectors: backend `onnx-yolox` -> YOLOX on ONNX Runtime; backend `transformers` with
+    `queries: tags` -> zero-shot (GroundingDINO, OWLv2, OWL-ViT), otherwise closed-set
+    (RT-DETR, DETR, Deformable DETR, ...).
+    """
+    if isinstance(spec, TaggerSpec):
+        from grand.models.hf_tagger import HFZeroShotTagger
+
+        return HFZeroShotTagger(spec, base_dir)
+    if isinstance(spec, DetectorSpec):
+        if spec.backend == "onnx-yolox":
+            from grand.models.onnx_yolox import YoloxOnnxDetector
+
+            return YoloxOnnxDetector(spec, base_dir)
+        if spec.queries == "tags":
+            from grand.models.hf_open_vocab import HFZeroShotDetector
+
+            return HFZeroShotDetector(spec, base_dir)
+        from grand.models.hf_closed_set import HFClosedSetDetector
+
+        return HFClosedSetDetector(spec, base_dir)
+    if isinstance(spec, SegmenterSpec):
+        from grand.models.hf_segmenter import HFSamSegmenter
+
+        return HFSamSegmenter(spec, base_dir)
+    if isinstance(spec, DepthSpec):
+        from grand.models.hf_depth import HFDepthEstimator
+
+        return HFDepthEstimator(spec, base_dir)
+    raise TypeError(f"no adapter for {type(spec).__name__} (model '{spec.name}', backend '{spec.backend}')")

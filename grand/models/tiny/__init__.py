@@ -1,0 +1,63 @@
+"""Tiny random-weight checkpoints of every architecture grand runs, built offline from small configs.
+
+They exercise the real loading, pre-processing and post-processing code of each adapter; their
+predictions are random. `grand models make-tiny DIR` writes all of them; `checkpoint: tiny:<arch>`
+builds one on first use under $GRAND_CACHE/tiny/<arch>.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from grand.models.loading import default_cache_dir
+
+# arch -> "module:function"; the function takes an output directory and writes a checkpoint there
+# (a directory that `from_pretrained` / AutoProcessor can load).
+TINY_ARCHS: dict[str, str] = {
+    "grounding-dino": "grand.models.tiny.text_models:build_grounding_dino",
+    "owlv2": "grand.models.tiny.text_models:build_owlv2",
+    "rt-detr": "grand.models.tiny.vision_models:build_rt_detr",
+    "clip": "grand.models.tiny.text_models:build_clip",
+    "sam": "grand.models.tiny.vision_models:build_sam",
+    "depth-anything": "grand.models.tiny.vision_models:build_depth_anything",
+}
+
+_DONE_MARKER = ".grand-tiny-complete"
+
+
+def build_tiny(arch: str, out_dir: Path) -> Path:
+    """Build one tiny checkpoint into out_dir (atomically: a half-built dir is never visible)."""
+    if arch not in TINY_ARCHS:
+        raise KeyError(f"unknown tiny architecture '{arch}'; known: {', '.join(sorted(TINY_ARCHS))}")
+    module, func = TINY_ARCHS[arch].split(":")
+    builder = getattr(importlib.import_module(module), func)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=out_dir.parent))
+    try:
+        builder(tmp)
+        (tmp / _DONE_MARKER).write_text(arch)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def ensure_tiny(arch: str, cache_dir: Path | None = None) -> Path:
+    """Path of the cached tiny checkpoint for `arch`, building it first if needed."""
+    out = Path(cache_dir or default_cache_dir()) / "tiny" / arch
+    if (out / _DONE_MARKER).exists():
+        return out
+    try:
+        return build_tiny(arch, out)
+    except OSError:
+        # another process finished the same build first (concurrent actors): use theirs
+        if (out / _DONE_MARKER).exists():
+            return out
+        raise

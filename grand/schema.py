@@ -1,0 +1,104 @@
+"""The output schema, defined once: dataclasses here, the Arrow schema derived from them.
+
+The sink, the exports and the tests all use these. Masks are COCO compressed RLE
+`{size: [h, w], counts: str}` (grand.core.rle encodes/decodes them with pycocotools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass
+class RLE:
+    size: list[int]  # [height, width]
+    counts: str  # COCO compressed RLE string
+
+
+@dataclass
+class ObjectRecord:
+    """One region. `objects` were seen by >= 2 models (or are a confident lone person); `floating_objects`
+    by one. Ids are unique per image across both lists."""
+
+    id: int
+    bbox: list[float]  # [x1, y1, x2, y2] pixels in the EXIF-oriented image
+    label: str  # the final label
+    labels: list[str]  # every candidate label, priority order
+    score: float  # score of the group's highest-priority box
+    models: list[str]  # models that saw it, priority order
+    attributes: list[str] = field(default_factory=list)  # short region descriptions
+    depth: float | None = None  # median relative inverse depth in the box (larger = nearer)
+    segmentation: RLE | None = None
+    segmentation_source: str | None = None  # "sa1b_gt" or the segmenter's model name
+
+
+@dataclass
+class DepthStats:
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    median: float | None = None
+
+
+@dataclass
+class ModelProvenance:
+    role: str  # tagger | detector | segmenter | depth
+    name: str
+    backend: str
+    checkpoint: str
+
+
+@dataclass
+class Level1Row:
+    image_id: str  # stable: relative path (folders), member stem (tars), id column or shard/row (parquet)
+    source: str  # where the bytes came from (path, or tar/parquet uri + member)
+    shard: str
+    index: int  # position in the shard
+    status: str  # "ok" | "error"
+    error: str | None = None  # reason when status == "error"
+    width: int | None = None  # after EXIF orientation
+    height: int | None = None
+    tags: list[str] = field(default_factory=list)
+    tag_scores: list[float] = field(default_factory=list)
+    objects: list[ObjectRecord] = field(default_factory=list)
+    floating_objects: list[ObjectRecord] = field(default_factory=list)
+    depth_stats: DepthStats | None = None
+    provenance: list[ModelProvenance] = field(default_factory=list)
+
+
+# -- Arrow schema derived from the dataclasses ------------------------------------------------------
+_SCALARS = {str: pa.string(), int: pa.int32(), float: pa.float32(), bool: pa.bool_(), bytes: pa.binary()}
+
+
+def arrow_type(tp) -> pa.DataType:
+    """Arrow type for a (possibly Optional / list / dataclass) annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {tp}")
+        return arrow_type(args[0])
+    if origin is list:
+        return pa.list_(arrow_type(typing.get_args(tp)[0]))
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return pa.struct([pa.field(f.name, arrow_type(hints[f.name])) for f in dataclasses.fields(tp)])
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    raise TypeError(f"no Arrow type for {tp}")
+
+
+def arrow_schema(row_type, level: int) -> pa.Schema:
+    hints = typing.get_type_hints(row_type)
+    fields = [pa.field(f.name, arrow_type(hints[f.name])) for f in dataclasses.fields(row_type)]
+    return pa.schema(fields, metadata={"grand.schema_version": SCHEMA_VERSION, "grand.level": str(level)})
+
+
+LEVEL1_SCHEMA = arrow_schema(Level1Row, level=1)
