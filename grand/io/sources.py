@@ -1,0 +1,466 @@
+"""Input sources: plan an input once into named shards, then stream each shard's images.
+
+Three layouts are understood, on any fsspec filesystem (local paths, s3://, gs://, ...):
+
+* an image folder (recursive) -> shards of `InputSpec.shard_size` images, `<folder>-00000`, ...
+  with image_id = the path relative to the folder (stable across runs and machines);
+* SA-1B style tars (a .tar, a folder of them, or a glob) -> one shard per tar, named by its stem,
+  image_id = the member's path without suffix (`sa_223750`), sidecar = the same-stem .json text;
+* Parquet files (one, a folder such as a Hugging Face dataset, or a glob) -> one shard per file,
+  images from `InputSpec.image_column` (binary or the HF Image struct {bytes, path}).
+
+The plan fixes each shard's image count. `read_shard` always yields exactly that many rows, in
+index order: a file or member that cannot be read becomes a row with `error` set, and a container
+that ends early is padded with error rows, so a shard's output never silently loses images.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from grand.config import InputSpec
+
+log = logging.getLogger(__name__)
+
+SHARD_KINDS = ("folder", "tar", "parquet")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_PARQUET_SUFFIX = ".parquet"
+_SIDECAR_SUFFIX = ".json"
+_FOLDER_READ_CHUNK = 8  # files fetched concurrently: hides object-store latency, bounds memory
+_PARQUET_BATCH_ROWS = 32  # rows per Arrow batch: images are large, so keep batches small
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work, persisted in the run's plan (JSON) so every run sees the same shards."""
+
+    name: str  # unique, stable, filesystem-safe: <out>/level1/<name>.parquet
+    kind: str  # "folder" | "tar" | "parquet"
+    uri: str  # folder root, tar file or parquet file (local path or fsspec URI)
+    num_images: int
+    members: tuple[str, ...] = ()  # folder shards: image paths relative to uri, posix, sorted
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHARD_KINDS:
+            raise ValueError(f"shard {self.name!r}: kind must be one of {SHARD_KINDS}, got {self.kind!r}")
+        if self.kind == "folder" and len(self.members) != self.num_images:
+            raise ValueError(
+                f"shard {self.name!r}: {len(self.members)} members but num_images={self.num_images}"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "uri": self.uri,
+            "num_images": self.num_images,
+            "members": list(self.members),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardSpec":
+        return cls(
+            name=str(d["name"]),
+            kind=str(d["kind"]),
+            uri=str(d["uri"]),
+            num_images=int(d["num_images"]),
+            members=tuple(d.get("members") or ()),
+        )
+
+
+@dataclass
+class SourceImage:
+    """One image as read from its container; `data` is b"" when `error` says why it is missing."""
+
+    image_id: str
+    source: str  # where the bytes came from: a file URI, or "<container uri>::<member or row>"
+    index: int  # position in the shard, 0..num_images-1
+    data: bytes
+    sidecar: str | None = None  # SA-1B annotation JSON text, when the tar has one for this image
+    error: str | None = None
+
+
+# -- planning ----------------------------------------------------------------------------------
+def plan_shards(input_uri: str, cfg: InputSpec) -> list[ShardSpec]:
+    """Split an input into shards. Raises ValueError when it does not exist or holds no images."""
+    fs, root = url_to_fs(input_uri)
+    root = root.rstrip("/") or root
+    image_exts = _normalise_extensions(cfg.extensions)
+
+    if _has_glob(input_uri) and not fs.exists(root):
+        files = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        if not files:
+            raise ValueError(f"input {input_uri!r}: the pattern matches no files")
+        return _plan_containers(fs, input_uri, files, {p: p for p in files}, cfg)
+    if not fs.exists(root):
+        raise ValueError(f"input {input_uri!r} does not exist")
+
+    if fs.isfile(root):
+        name = posixpath.basename(root)
+        if _suffix(name) in image_exts:  # a single image: a folder shard of one
+            parent = posixpath.dirname(root)
+            return _plan_folder(_full_uri(fs, parent), posixpath.basename(parent), [name], cfg)
+        if _is_tar(name) or name.lower().endswith(_PARQUET_SUFFIX):
+            return _plan_containers(fs, input_uri, [root], {root: root}, cfg)
+        raise ValueError(
+            f"input {input_uri!r} is not an image folder, a .tar or a .parquet file "
+            f"(image suffixes: {', '.join(sorted(image_exts))})"
+        )
+
+    rel_files = _visible_files(fs, root)
+    images = sorted(r for r in rel_files if _suffix(r) in image_exts)
+    if images:
+        return _plan_folder(_full_uri(fs, root), posixpath.basename(root), images, cfg)
+    containers = [r for r in rel_files if _is_tar(r) or r.lower().endswith(_PARQUET_SUFFIX)]
+    if not containers:
+        raise ValueError(
+            f"input {input_uri!r} holds no images: looked for files ending in "
+            f"{', '.join(sorted(image_exts))}, .tar or .parquet (hidden files and folders are skipped)"
+        )
+    paths = [f"{root}/{r}" for r in sorted(containers)]
+    return _plan_containers(fs, input_uri, paths, {f"{root}/{r}": r for r in containers}, cfg)
+
+
+def _plan_folder(root_uri: str, folder_name: str, images: list[str], cfg: InputSpec) -> list[ShardSpec]:
+    prefix = _safe_name(folder_name) or "images"
+    size = cfg.shard_size
+    return [
+        ShardSpec(
+            name=f"{prefix}-{i // size:05d}",
+            kind="folder",
+            uri=root_uri,
+            num_images=len(images[i : i + size]),
+            members=tuple(images[i : i + size]),
+        )
+        for i in range(0, len(images), size)
+    ]
+
+
+def _plan_containers(
+    fs: fsspec.AbstractFileSystem, input_uri: str, paths: list[str], rel: dict[str, str], cfg: InputSpec
+) -> list[ShardSpec]:
+    """One shard per tar or parquet file; a mixture of both is refused as ambiguous."""
+    tars = [p for p in paths if _is_tar(p)]
+    parquets = [p for p in paths if p.lower().endswith(_PARQUET_SUFFIX)]
+    if tars and parquets:
+        raise ValueError(f"input {input_uri!r} mixes .tar and .parquet files; point it at one kind")
+    if not tars and not parquets:
+        raise ValueError(f"input {input_uri!r}: no .tar or .parquet files among {len(paths)} matches")
+    names = _unique_shard_names([rel[p] for p in (tars or parquets)])
+    specs = []
+    for path, name in zip(tars or parquets, names):
+        uri = _full_uri(fs, path)
+        if tars:
+            specs.append(ShardSpec(name, "tar", uri, _count_tar_images(fs, path, cfg)))
+        else:
+            specs.append(ShardSpec(name, "parquet", uri, _count_parquet_rows(fs, path, cfg)))
+    if not any(s.num_images for s in specs):
+        raise ValueError(f"input {input_uri!r} holds no images in its {len(specs)} container file(s)")
+    return specs
+
+
+def _count_tar_images(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
+    image_exts = _normalise_extensions(cfg.extensions)
+    count = 0
+    try:
+        # Random-access mode: only the 512-byte headers are read, member data is skipped by seek.
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            for member in tar:
+                if _is_image_member(member, image_exts):
+                    count += 1
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        if count == 0:
+            raise ValueError(f"cannot read tar {path!r}: {exc}") from None
+        # A damaged tail: plan what the headers showed; reading will report the damaged members.
+        log.warning("tar %s is damaged after %d images (%s); planning those", path, count, exc)
+    return count
+
+
+def _count_parquet_rows(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
+    try:
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            num_rows = pf.metadata.num_rows
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet data
+        raise ValueError(f"cannot read Parquet file {path!r}: {exc}") from None
+    _check_image_column(path, schema, cfg)
+    return num_rows
+
+
+def _check_image_column(path: str, schema: pa.Schema, cfg: InputSpec) -> None:
+    columns = ", ".join(schema.names)
+    if cfg.image_column not in schema.names:
+        raise ValueError(
+            f"Parquet file {path!r} has no image column {cfg.image_column!r} "
+            f"(input.image_column); its columns are: {columns}"
+        )
+    kind = schema.field(cfg.image_column).type
+    ok = _is_binary(kind) or (
+        pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0 and _is_binary(kind.field("bytes").type)
+    )
+    if not ok:
+        raise ValueError(
+            f"Parquet file {path!r}: column {cfg.image_column!r} must be binary or a struct "
+            f"{{bytes, path}} (Hugging Face Image), got {kind}"
+        )
+    if cfg.id_column is not None and cfg.id_column not in schema.names:
+        raise ValueError(
+            f"Parquet file {path!r} has no id column {cfg.id_column!r} (input.id_column); "
+            f"its columns are: {columns}"
+        )
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_shard(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
+    """Stream a shard's images: exactly `spec.num_images` rows, indices 0..n-1, never raising for
+    a bad file, member or container (those become rows with `error` set and empty `data`)."""
+    readers = {"folder": _read_folder, "tar": _read_tar, "parquet": _read_parquet}
+    emitted = 0
+    for row in readers[spec.kind](spec, cfg):
+        if emitted == spec.num_images:
+            # The container grew since planning; the plan is what the run promised to write.
+            log.warning("shard %s holds more images than the %d planned; ignoring the rest", spec.name, emitted)
+            return
+        yield row
+        emitted += 1
+
+
+def _read_folder(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
+    fs, root = url_to_fs(spec.uri)
+    root = root.rstrip("/") or root
+
+    def fetch(member: str) -> bytes | Exception:
+        try:
+            return fs.cat_file(f"{root}/{member}")
+        except Exception as exc:  # vanished, unreadable, permission denied ...
+            return exc
+
+    with ThreadPoolExecutor(max_workers=_FOLDER_READ_CHUNK) as pool:
+        for start in range(0, len(spec.members), _FOLDER_READ_CHUNK):
+            chunk = spec.members[start : start + _FOLDER_READ_CHUNK]
+            for offset, (member, got) in enumerate(zip(chunk, pool.map(fetch, chunk))):
+                source = f"{spec.uri.rstrip('/')}/{member}"
+                if isinstance(got, Exception):
+                    yield SourceImage(member, source, start + offset, b"", error=f"cannot read file: {_describe(got)}")
+                else:
+                    yield SourceImage(member, source, start + offset, got)
+
+
+def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
+    """Stream the tar once, front to back (cheap on object stores), pairing each image with the
+    .json member of the same name. Members of one sample are adjacent in SA-1B and WebDataset
+    tars, so a sample is complete when the next member has a different key."""
+    image_exts = _normalise_extensions(cfg.extensions)
+    index = 0
+    problem = "tar ended early"
+    try:
+        fs, path = url_to_fs(spec.uri)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            group_key: str | None = None
+            group_images: list[tuple[str, bytes | Exception]] = []
+            group_sidecar: str | None = None
+            for member in tar:
+                key = _member_key(member.name)
+                if key != group_key:
+                    for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
+                        yield row
+                        index += 1
+                    group_key, group_images, group_sidecar = key, [], None
+                if _is_image_member(member, image_exts):
+                    group_images.append((member.name, _read_member(tar, member)))
+                    if isinstance(group_images[-1][1], Exception):
+                        problem = "tar is damaged"
+                        break  # in stream mode a failed read leaves the stream unusable
+                elif member.isfile() and member.name.lower().endswith(_SIDECAR_SUFFIX):
+                    sidecar = _read_member(tar, member)
+                    if isinstance(sidecar, bytes):
+                        group_sidecar = sidecar.decode("utf-8", errors="replace")
+            for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
+                yield row
+                index += 1
+    except Exception as exc:
+        problem = f"cannot read tar: {_describe(exc)}"
+    yield from _missing_rows(spec, index, f"{problem} (read {index} of {spec.num_images} planned images)")
+
+
+def _tar_group_rows(
+    spec: ShardSpec, key: str | None, images: list[tuple[str, bytes | Exception]], sidecar: str | None, start: int
+) -> Iterator[SourceImage]:
+    for offset, (name, got) in enumerate(images):
+        # One image per key (SA-1B): the key is the id; two images share a key only in odd tars,
+        # where the member name keeps their ids distinct.
+        image_id = key if len(images) == 1 else _strip_dot_slash(name)
+        source = f"{spec.uri}::{name}"
+        if isinstance(got, Exception):
+            yield SourceImage(image_id, source, start + offset, b"", sidecar, f"cannot read tar member: {_describe(got)}")
+        else:
+            yield SourceImage(image_id, source, start + offset, got, sidecar)
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | Exception:
+    try:
+        f = tar.extractfile(member)
+        if f is None:
+            raise tarfile.ReadError("member has no data")
+        return f.read()
+    except Exception as exc:
+        return exc
+
+
+def _read_parquet(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
+    index = 0
+    problem = "Parquet file ended early"
+    try:
+        fs, path = url_to_fs(spec.uri)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            _check_image_column(spec.uri, pf.schema_arrow, cfg)
+            columns = [cfg.image_column] + ([cfg.id_column] if cfg.id_column else [])
+            # iter_batches decodes one row group at a time: memory stays at a batch, not a file.
+            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+                images = _image_values(batch.column(cfg.image_column))
+                ids = batch.column(cfg.id_column).to_pylist() if cfg.id_column else [None] * len(images)
+                for value, (data, ref) in zip(ids, images):
+                    image_id = str(value) if value is not None else f"{spec.name}/{index}"
+                    source = f"{spec.uri}::{index}"
+                    if data is None:
+                        why = f"no image bytes in row (path {ref!r} only)" if ref else "image value is null"
+                        yield SourceImage(image_id, source, index, b"", error=why)
+                    else:
+                        yield SourceImage(image_id, source, index, data)
+                    index += 1
+    except Exception as exc:
+        problem = f"cannot read Parquet file: {_describe(exc)}"
+    yield from _missing_rows(spec, index, f"{problem} (read {index} of {spec.num_images} planned rows)")
+
+
+def _image_values(column: pa.Array) -> list[tuple[bytes | None, str | None]]:
+    """(bytes, path) per row of a binary column or a Hugging Face Image struct column."""
+    if pa.types.is_struct(column.type):
+        data = column.field("bytes").to_pylist()
+        has_path = column.type.get_field_index("path") >= 0
+        paths = column.field("path").to_pylist() if has_path else [None] * len(data)
+        valid = column.is_valid().to_pylist()
+        return [(d if ok else None, p if ok else None) for d, p, ok in zip(data, paths, valid)]
+    return [(d, None) for d in column.to_pylist()]
+
+
+def _missing_rows(spec: ShardSpec, start: int, reason: str) -> Iterator[SourceImage]:
+    for index in range(start, spec.num_images):
+        yield SourceImage(f"{spec.name}:{index}", spec.uri, index, b"", error=reason)
+
+
+# -- small helpers -----------------------------------------------------------------------------
+def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
+    return frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+
+
+def _suffix(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def _is_tar(path: str) -> bool:
+    return path.lower().endswith(_TAR_SUFFIXES)
+
+
+def _has_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
+
+
+def _is_hidden(rel_path: str) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in rel_path.split("/"))
+
+
+def _visible_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Files below root as relative posix paths, skipping hidden files and hidden folders."""
+    out = []
+    for path in fs.find(root, withdirs=False):
+        if not path.startswith(root + "/"):
+            continue
+        rel = path[len(root) + 1 :]
+        if not _is_hidden(rel):
+            out.append(rel)
+    return out
+
+
+def _is_image_member(member: tarfile.TarInfo, image_exts: frozenset[str]) -> bool:
+    # "._sa_1.jpg" AppleDouble files from macOS tar are hidden files, not images.
+    return member.isfile() and not _is_hidden(_strip_dot_slash(member.name)) and _suffix(member.name) in image_exts
+
+
+def _strip_dot_slash(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _member_key(name: str) -> str:
+    """Sample key of a tar member: its path without suffix ("./sa_1.jpg" -> "sa_1")."""
+    return posixpath.splitext(_strip_dot_slash(name))[0]
+
+
+def _container_stem(rel_path: str) -> str:
+    base = posixpath.basename(rel_path)
+    for suffix in (*_TAR_SUFFIXES, _PARQUET_SUFFIX):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return posixpath.splitext(base)[0]
+
+
+def _safe_name(text: str) -> str:
+    # Shard names become file names on every filesystem: keep a portable character set, and no
+    # leading dot (that would hide the output file).
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")
+
+
+def _unique_shard_names(rel_paths: list[str]) -> list[str]:
+    """File stems, prefixed with the parent folder (then the whole path) only where stems clash,
+    e.g. two HF splits `train/data-00000.parquet`, `test/data-00000.parquet`."""
+    stems = [_safe_name(_container_stem(p)) or "shard" for p in rel_paths]
+    names = list(stems)
+    for i, p in enumerate(rel_paths):
+        if stems.count(stems[i]) > 1:
+            parent = posixpath.basename(posixpath.dirname(p))
+            names[i] = _safe_name(f"{parent}-{stems[i]}") if parent else stems[i]
+    for i, p in enumerate(rel_paths):
+        if names.count(names[i]) > 1:
+            parts = posixpath.dirname(p).split("/")
+            names[i] = _safe_name("-".join([*filter(None, parts), stems[i]]))
+    used: set[str] = set()
+    for i, name in enumerate(names):  # last resort, e.g. "a b.tar" and "a_b.tar"
+        candidate, k = name, 0
+        while candidate in used:
+            k += 1
+            candidate = f"{name}-{k}"
+        names[i] = candidate
+        used.add(candidate)
+    return names
+
+
+def _full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return path if "file" in protocols or "local" in protocols else fs.unstrip_protocol(path)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    checks = [pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary]
+    if hasattr(pa.types, "is_binary_view"):
+        checks.append(pa.types.is_binary_view)
+    return any(check(kind) for check in checks)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

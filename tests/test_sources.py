@@ -1,0 +1,329 @@
+"""Planning inputs into shards and reading them back with exact counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from grand.config import InputSpec
+from grand.io.sources import ShardSpec, SourceImage, plan_shards, read_shard
+
+
+def _cfg(**kw) -> InputSpec:
+    return InputSpec(**kw)
+
+
+def _fake_image(tag: str) -> bytes:
+    # Sources never decode: any bytes identify the file, which keeps these tests independent.
+    return f"image:{tag}".encode()
+
+
+def _read_all(spec: ShardSpec, cfg: InputSpec) -> list[SourceImage]:
+    rows = list(read_shard(spec, cfg))
+    assert [r.index for r in rows] == list(range(spec.num_images))
+    return rows
+
+
+# -- folders -----------------------------------------------------------------------------------
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "my photos"
+    files = ["b.jpg", "a.png", "sub/c.JPG", "sub/deeper/d.webp", "z/e.jpeg"]
+    ignored = [".hidden.jpg", ".cache/x.jpg", "sub/.thumbs/y.png", "notes.txt", "sub/readme.md"]
+    for rel in files + ignored:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_fake_image(rel))
+    return root
+
+
+def test_folder_is_planned_recursively_sorted_and_sharded(photo_folder: Path):
+    specs = plan_shards(str(photo_folder), _cfg(shard_size=2))
+    assert [s.name for s in specs] == ["my_photos-00000", "my_photos-00001", "my_photos-00002"]
+    assert [s.members for s in specs] == [
+        ("a.png", "b.jpg"),
+        ("sub/c.JPG", "sub/deeper/d.webp"),
+        ("z/e.jpeg",),
+    ]
+    assert [s.num_images for s in specs] == [2, 2, 1]
+    assert all(s.kind == "folder" and s.uri == str(photo_folder) for s in specs)
+    assert plan_shards(str(photo_folder) + "/", _cfg(shard_size=2)) == specs  # stable
+
+
+def test_shard_spec_round_trips_through_json(photo_folder: Path):
+    for spec in plan_shards(str(photo_folder), _cfg(shard_size=2)):
+        assert ShardSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_shard_spec_rejects_inconsistent_plans():
+    with pytest.raises(ValueError, match="kind"):
+        ShardSpec("s", "zip", "/x", 1)
+    with pytest.raises(ValueError, match="num_images"):
+        ShardSpec("s", "folder", "/x", 2, ("a.jpg",))
+
+
+def test_folder_shard_reads_bytes_with_relative_ids(photo_folder: Path):
+    cfg = _cfg(shard_size=10)
+    (spec,) = plan_shards(str(photo_folder), cfg)
+    rows = _read_all(spec, cfg)
+    assert [r.image_id for r in rows] == list(spec.members)
+    for r in rows:
+        assert r.error is None and r.sidecar is None
+        assert r.data == _fake_image(r.image_id)
+        assert r.source == f"{photo_folder}/{r.image_id}"
+
+
+def test_vanished_or_unreadable_file_becomes_an_error_row(photo_folder: Path):
+    cfg = _cfg(shard_size=10)
+    (spec,) = plan_shards(str(photo_folder), cfg)
+    (photo_folder / "sub/c.JPG").unlink()
+    (photo_folder / "b.jpg").unlink()
+    (photo_folder / "b.jpg").mkdir()  # a folder where the file was: unreadable
+    rows = _read_all(spec, cfg)
+    bad = {r.image_id: r for r in rows if r.error}
+    assert set(bad) == {"sub/c.JPG", "b.jpg"}
+    assert all(r.data == b"" and r.error.startswith("cannot read file") for r in bad.values())
+    assert sum(r.error is None for r in rows) == 3
+
+
+def test_extensions_and_single_image_input(photo_folder: Path):
+    specs = plan_shards(str(photo_folder), _cfg(extensions=["PNG", ".webp"]))
+    assert specs[0].members == ("a.png", "sub/deeper/d.webp")
+    (single,) = plan_shards(str(photo_folder / "b.jpg"), _cfg())
+    assert (single.name, single.members, single.num_images) == ("my_photos-00000", ("b.jpg",), 1)
+    assert _read_all(single, _cfg())[0].data == _fake_image("b.jpg")
+
+
+def test_missing_or_empty_inputs_raise_saying_what_was_looked_for(tmp_path: Path):
+    with pytest.raises(ValueError, match="does not exist"):
+        plan_shards(str(tmp_path / "nope"), _cfg())
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    (tmp_path / "empty" / ".hidden" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"holds no images: looked for files ending in .*\.jpg.*\.tar or \.parquet"):
+        plan_shards(str(tmp_path / "empty"), _cfg())
+    (tmp_path / "doc.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not an image folder"):
+        plan_shards(str(tmp_path / "doc.txt"), _cfg())
+    with pytest.raises(ValueError, match="matches no files"):
+        plan_shards(str(tmp_path / "*.tar"), _cfg())
+
+
+# -- SA-1B tars --------------------------------------------------------------------------------
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _sa1b_members(first: int, count: int, sidecar_every: int = 1) -> list[tuple[str, bytes]]:
+    members = []
+    for i in range(first, first + count):
+        members.append((f"./sa_{i}.jpg", _fake_image(f"sa_{i}") + bytes(600)))  # > one tar block
+        if (i - first) % sidecar_every == 0:
+            members.append((f"./sa_{i}.json", json.dumps({"image": {"image_id": i}, "annotations": []}).encode()))
+    return members
+
+
+def test_folder_of_tars_gives_one_shard_per_tar_with_sidecars(tmp_path: Path):
+    root = tmp_path / "sa1b"
+    extra = [("./._sa_9.jpg", b"macos resource fork"), ("README.txt", b"hi"), ("./sa_99.json", b"{}")]
+    _write_tar(root / "sa_000000.tar", _sa1b_members(0, 3, sidecar_every=2) + extra)
+    _write_tar(root / "sa_000001.tar", _sa1b_members(10, 2))
+    (root / "sa_000000.txt").write_text("checksums")  # neither image nor container: ignored
+    cfg = _cfg()
+    specs = plan_shards(str(root), cfg)
+    assert [(s.name, s.kind, s.num_images) for s in specs] == [("sa_000000", "tar", 3), ("sa_000001", "tar", 2)]
+    assert specs[0].uri == str(root / "sa_000000.tar")
+
+    rows = _read_all(specs[0], cfg)
+    assert [r.image_id for r in rows] == ["sa_0", "sa_1", "sa_2"]
+    assert [r.error for r in rows] == [None] * 3
+    assert rows[1].data == _fake_image("sa_1") + bytes(600)
+    assert json.loads(rows[0].sidecar)["image"]["image_id"] == 0
+    assert rows[1].sidecar is None  # no sa_1.json in this tar
+    assert json.loads(rows[2].sidecar)["image"]["image_id"] == 2
+    assert rows[2].source == f"{root / 'sa_000000.tar'}::./sa_2.jpg"
+    assert [r.image_id for r in _read_all(specs[1], cfg)] == ["sa_10", "sa_11"]
+
+
+def test_sidecar_before_its_image_is_paired(tmp_path: Path):
+    tar = _write_tar(
+        tmp_path / "t.tar",
+        [("sa_1.json", b'{"a": 1}'), ("sa_1.jpg", b"one"), ("sa_2.jpg", b"two"), ("sa_2.json", b'{"a": 2}')],
+    )
+    (spec,) = plan_shards(str(tar), _cfg())
+    assert [(r.image_id, r.sidecar) for r in _read_all(spec, _cfg())] == [("sa_1", '{"a": 1}'), ("sa_2", '{"a": 2}')]
+
+
+def test_single_tar_and_glob_of_tars(tmp_path: Path):
+    a = _write_tar(tmp_path / "part_a" / "shard.tar", _sa1b_members(0, 2))
+    _write_tar(tmp_path / "part_b" / "shard.tar", _sa1b_members(5, 1))
+    (spec,) = plan_shards(str(a), _cfg())
+    assert (spec.name, spec.num_images) == ("shard", 2)
+    specs = plan_shards(str(tmp_path / "part_*" / "*.tar"), _cfg())
+    assert [(s.name, s.num_images) for s in specs] == [("part_a-shard", 2), ("part_b-shard", 1)]
+
+
+def test_truncated_tar_keeps_the_planned_count_with_error_rows(tmp_path: Path):
+    tar = _write_tar(tmp_path / "sa_000007.tar", _sa1b_members(0, 6))
+    cfg = _cfg()
+    (spec,) = plan_shards(str(tar), cfg)
+    assert spec.num_images == 6
+    with tarfile.open(tar) as t:
+        cut = t.getmember("./sa_3.jpg").offset_data + 100
+    tar.write_bytes(tar.read_bytes()[:cut])  # cut in the middle of sa_3.jpg's data
+
+    rows = _read_all(spec, cfg)
+    assert [r.image_id for r in rows] == ["sa_0", "sa_1", "sa_2", "sa_3", "sa_000007:4", "sa_000007:5"]
+    assert [r.error is None for r in rows] == [True, True, True, False, False, False]
+    assert rows[2].data == _fake_image("sa_2") + bytes(600) and rows[2].sidecar is not None
+    assert rows[3].error.startswith("cannot read tar member") and rows[3].data == b""
+    for r in rows[4:]:
+        assert r.data == b"" and r.error == "tar is damaged (read 4 of 6 planned images)"
+
+
+def test_tar_cut_between_members_is_padded(tmp_path: Path):
+    tar = _write_tar(tmp_path / "t.tar", _sa1b_members(0, 4))
+    (spec,) = plan_shards(str(tar), _cfg())
+    with tarfile.open(tar) as t:
+        cut = t.getmember("./sa_2.jpg").offset  # the header block of the third image
+    tar.write_bytes(tar.read_bytes()[:cut])
+    rows = _read_all(spec, _cfg())
+    assert [r.error is None for r in rows] == [True, True, False, False]
+    assert rows[2].error == "tar ended early (read 2 of 4 planned images)"
+
+
+def test_tar_replaced_by_garbage_gives_all_error_rows(tmp_path: Path):
+    tar = _write_tar(tmp_path / "x.tar", _sa1b_members(0, 3))
+    cfg = _cfg()
+    (spec,) = plan_shards(str(tar), cfg)
+    tar.write_bytes(b"not a tar at all")
+    rows = _read_all(spec, cfg)
+    assert [r.image_id for r in rows] == ["x:0", "x:1", "x:2"]
+    assert all(r.error.startswith("cannot read tar") and r.data == b"" for r in rows)
+    tar.unlink()
+    assert all(r.error for r in _read_all(spec, cfg))  # a vanished tar too
+
+
+def test_tar_with_fewer_images_than_planned_is_padded(tmp_path: Path):
+    tar = _write_tar(tmp_path / "x.tar", _sa1b_members(0, 3))
+    (spec,) = plan_shards(str(tar), _cfg())
+    _write_tar(tar, _sa1b_members(0, 2))
+    rows = _read_all(spec, _cfg())
+    assert [r.error is None for r in rows] == [True, True, False]
+    assert "tar ended early" in rows[2].error
+
+
+# -- Parquet -----------------------------------------------------------------------------------
+def _write_parquet(path: Path, table: pa.Table, row_group_size: int = 3) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_binary_column_with_row_index_ids(tmp_path: Path):
+    images = [_fake_image(str(i)) for i in range(7)]
+    table = pa.table({"image": pa.array(images, pa.binary()), "caption": [f"c{i}" for i in range(7)]})
+    path = _write_parquet(tmp_path / "data.parquet", table)  # 3 row groups
+    cfg = _cfg()
+    (spec,) = plan_shards(str(path), cfg)
+    assert (spec.name, spec.kind, spec.num_images) == ("data", "parquet", 7)
+    rows = _read_all(spec, cfg)
+    assert [r.data for r in rows] == images
+    assert [r.image_id for r in rows] == [f"data/{i}" for i in range(7)]
+    assert rows[4].source == f"{path}::4"
+
+
+def test_parquet_hf_image_struct_with_id_column_and_null_rows(tmp_path: Path):
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    values = [
+        {"bytes": _fake_image("a"), "path": "a.jpg"},
+        {"bytes": None, "path": "/elsewhere/b.jpg"},  # HF rows may only reference a file
+        None,
+        {"bytes": _fake_image("d"), "path": None},
+    ]
+    table = pa.table({"img": pa.array(values, image_type), "key": ["a", "b", "c", "d"]})
+    root = tmp_path / "hf_dataset"
+    _write_parquet(root / "data" / "train" / "part-0.parquet", table)
+    _write_parquet(root / "data" / "test" / "part-0.parquet", table.slice(0, 1))
+    cfg = _cfg(image_column="img", id_column="key")
+    specs = plan_shards(str(root), cfg)
+    assert [(s.name, s.num_images) for s in specs] == [("test-part-0", 1), ("train-part-0", 4)]
+    rows = _read_all(specs[1], cfg)
+    assert [r.image_id for r in rows] == ["a", "b", "c", "d"]
+    assert [r.data for r in rows] == [_fake_image("a"), b"", b"", _fake_image("d")]
+    assert "only" in rows[1].error and "/elsewhere/b.jpg" in rows[1].error
+    assert rows[2].error == "image value is null"
+
+
+def test_parquet_missing_columns_are_named(tmp_path: Path):
+    path = _write_parquet(tmp_path / "x.parquet", pa.table({"pixels": [b"1"], "label": ["cat"]}))
+    with pytest.raises(ValueError, match=r"no image column 'image' .*columns are: pixels, label"):
+        plan_shards(str(path), _cfg())
+    with pytest.raises(ValueError, match=r"no id column 'uid'"):
+        plan_shards(str(path), _cfg(image_column="pixels", id_column="uid"))
+    with pytest.raises(ValueError, match="must be binary"):
+        plan_shards(str(path), _cfg(image_column="label"))
+
+
+def test_parquet_damaged_after_planning_keeps_count(tmp_path: Path):
+    table = pa.table({"image": pa.array([_fake_image(str(i)) for i in range(5)], pa.binary())})
+    path = _write_parquet(tmp_path / "x.parquet", table)
+    (spec,) = plan_shards(str(path), _cfg())
+    path.write_bytes(b"garbage")
+    rows = _read_all(spec, _cfg())
+    assert [r.image_id for r in rows] == [f"x:{i}" for i in range(5)]
+    assert all(r.error.startswith("cannot read Parquet file") for r in rows)
+
+
+def test_mixed_containers_are_refused(tmp_path: Path):
+    _write_tar(tmp_path / "a.tar", _sa1b_members(0, 1))
+    _write_parquet(tmp_path / "b.parquet", pa.table({"image": [b"x"]}))
+    with pytest.raises(ValueError, match="mixes .tar and .parquet"):
+        plan_shards(str(tmp_path), _cfg())
+
+
+# -- other filesystems and the decode corpus ---------------------------------------------------
+def test_fsspec_uris_are_kept_in_the_plan(tmp_path: Path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/grand-test-{tmp_path.name}"
+    try:
+        fs.pipe(f"{root}/imgs/a.jpg", b"a")
+        fs.pipe(f"{root}/imgs/sub/b.png", b"b")
+        (spec,) = plan_shards(f"memory://{root}/imgs", _cfg())
+        assert spec.uri == f"memory://{root}/imgs" and spec.members == ("a.jpg", "sub/b.png")
+        rows = _read_all(spec, _cfg())
+        assert [(r.data, r.source) for r in rows] == [(b"a", f"{spec.uri}/a.jpg"), (b"b", f"{spec.uri}/sub/b.png")]
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_decode_corpus_read_from_a_folder_keeps_every_file(tmp_path: Path):
+    from bad_inputs import write_bad_input_corpus
+    from grand.io.images import ImageDecodeError, prepare_image
+
+    expected = write_bad_input_corpus(tmp_path / "corpus")
+    cfg = _cfg(shard_size=5)
+    specs = plan_shards(str(tmp_path / "corpus"), cfg)
+    assert sum(s.num_images for s in specs) == len(expected)  # text.png, empty.jpg... all planned
+    got = {}
+    for spec in specs:
+        for row in _read_all(spec, cfg):
+            try:
+                prepare_image(row.data, cfg.max_image_pixels)
+                got[row.image_id] = "ok"
+            except ImageDecodeError:
+                got[row.image_id] = "error"
+    assert got == expected
