@@ -1,0 +1,1 @@
+"""Commands: `grand run`, `grand status`, `grand models`, `grand demo` (grand.cli.main)."""

@@ -1,0 +1,262 @@
+"""Level-1 pipeline steps as Ray Data batch functions (what to do; grand.runtime.pipeline says where).
+
+Rows travel between steps with plain columns: ids, the prepared image bytes, `status`/`error`, and
+one JSON string column per result (`tags`, `det__<model>`, `objects`, ...). JSON keeps every block's
+Arrow schema identical whatever an image contains (empty lists included); the sink turns it into
+the typed output schema (grand.schema) once, at the end.
+
+Every model step is a callable class run by an actor pool: the model loads once per actor. A step
+never lets one image stop a batch: when a batch fails, its images are retried one by one and those
+that still fail become error rows naming the step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+import os
+import random
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from grand.config import DepthSpec, DetectorSpec, InputSpec, ModelSpec, SegmenterSpec, TaggerSpec, VotingSpec
+from grand.core.detections import Detections
+
+log = logging.getLogger("grand.stages")
+
+DETECTION_PREFIX = "det__"
+# Columns of a pipeline row before any model ran; every step keeps them.
+BASE_COLUMNS = ("image_id", "source", "shard", "index", "image", "sidecar", "status", "error", "width", "height")
+
+
+def detection_column(model_name: str) -> str:
+    return f"{DETECTION_PREFIX}{model_name}"
+
+
+# -- reading and preparing ------------------------------------------------------------------------
+def read_shard_rows(row: dict, input_cfg: InputSpec) -> Iterator[dict]:
+    """flat_map step: one planned shard -> its image rows (exactly `num_images`, error rows included).
+    A generator, so that a multi-GB SA-1B tar streams through in blocks instead of one list."""
+    from grand.io.sources import ShardSpec, read_shard
+
+    spec = ShardSpec.from_dict(json.loads(row["shard_spec"]))
+    for img in read_shard(spec, input_cfg):
+        yield {
+            "image_id": img.image_id,
+            "source": img.source,
+            "shard": spec.name,
+            "index": img.index,
+            "image": img.data if img.error is None else b"",
+            "sidecar": img.sidecar or "",
+            "status": "ok" if img.error is None else "error",
+            "error": img.error or "",
+            "width": 0,
+            "height": 0,
+        }
+
+
+def prepare_images(batch: dict, max_pixels: int) -> dict:
+    """Decode and validate every image once; bad ones become error rows with the reason."""
+    from grand.io.images import ImageDecodeError, prepare_image
+
+    images, widths, heights = list(batch["image"]), list(batch["width"]), list(batch["height"])
+    status, error = list(batch["status"]), list(batch["error"])
+    for i in range(len(images)):
+        if status[i] != "ok":
+            continue
+        try:
+            images[i], widths[i], heights[i] = prepare_image(bytes(images[i]), max_pixels)
+        except ImageDecodeError as err:
+            status[i], error[i], images[i] = "error", f"decode: {err}", b""
+        except Exception as err:  # an unexpected decoder failure is still one image's problem
+            status[i], error[i], images[i] = "error", f"decode: {type(err).__name__}: {err}", b""
+    return {**batch, "image": images, "width": widths, "height": heights, "status": status, "error": error}
+
+
+# -- model steps ----------------------------------------------------------------------------------
+class ModelStep(ABC):
+    """Base of the actor-pool steps: loads the model once, runs ok rows, isolates failures."""
+
+    role = "model"
+
+    def __init__(self, spec: ModelSpec, base_dir: str | None = None, fault_rate: float = 0.0):
+        from grand.models.registry import build_model
+
+        self.spec = spec
+        self.fault_rate = fault_rate
+        self.model = build_model(spec, Path(base_dir) if base_dir else None)
+
+    def __call__(self, batch: dict) -> dict:
+        from grand.io.images import open_rgb
+
+        self._maybe_die()
+        batch = {k: list(v) for k, v in batch.items()}
+        n = len(batch["image_id"])
+        todo = [i for i in range(n) if batch["status"][i] == "ok"]
+        self.init_outputs(batch, n)
+        if not todo:
+            return batch
+        images = {i: open_rgb(bytes(batch["image"][i])) for i in todo}
+        try:
+            self.run(batch, todo, images)
+        except Exception:
+            log.warning("%s: batch of %d failed, retrying image by image\n%s", self.spec.name, len(todo), traceback.format_exc())
+            for i in todo:
+                try:
+                    self.run(batch, [i], images)
+                except Exception as err:
+                    batch["status"][i] = "error"
+                    batch["error"][i] = f"{self.role} '{self.spec.name}': {type(err).__name__}: {err}"
+        return batch
+
+    def init_outputs(self, batch: dict, n: int) -> None:
+        """Create this step's output columns so that every row has them, error rows included."""
+
+    @abstractmethod
+    def run(self, batch: dict, rows: list[int], images: dict) -> None:
+        """Run the model on `rows` (indices of ok rows; `images[i]` is row i's PIL image) and write
+        this step's columns for those rows into `batch`."""
+
+    def _maybe_die(self) -> None:
+        # Opt-in fault injection (runtime.fault_injection): the actor process dies as a crashed model
+        # worker would, so that tests can check Ray's restart + retry gives the fault-free output.
+        if self.fault_rate > 0 and random.random() < self.fault_rate:
+            log.warning("%s: fault injection: killing this actor process", self.spec.name)
+            os._exit(1)
+
+
+class TagStep(ModelStep):
+    role = "tagger"
+    spec: TaggerSpec
+
+    def init_outputs(self, batch, n):
+        batch.setdefault("tags", ["[]"] * n)
+
+    def run(self, batch, rows, images):
+        results = self.model.tag([images[i] for i in rows])
+        for i, tags in zip(rows, results):
+            merged = json.loads(batch["tags"][i]) + [[t, float(s), self.spec.name] for t, s in tags]
+            batch["tags"][i] = json.dumps(merged)
+
+
+def tag_names(tags_json: str) -> list[str]:
+    """Unique tag texts of a row, best score first (the union of all taggers)."""
+    best: dict[str, float] = {}
+    for tag, score, _model in json.loads(tags_json or "[]"):
+        best[tag] = max(score, best.get(tag, -1.0))
+    return sorted(best, key=lambda t: (-best[t], t))
+
+
+class DetectStep(ModelStep):
+    role = "detector"
+    spec: DetectorSpec
+
+    def init_outputs(self, batch, n):
+        col = detection_column(self.spec.name)
+        batch[col] = [json.dumps(Detections.empty(self.spec.name).to_dict())] * n
+
+    def run(self, batch, rows, images):
+        queries = None
+        if self.spec.queries == "tags":
+            queries = [tag_names(batch["tags"][i]) if "tags" in batch else [] for i in rows]
+        results = self.model.detect([images[i] for i in rows], queries)
+        col = detection_column(self.spec.name)
+        for i, det in zip(rows, results):
+            det.model = self.spec.name
+            batch[col][i] = json.dumps(det.to_dict())
+
+
+def vote(batch: dict, detectors: list[DetectorSpec], voting: VotingSpec) -> dict:
+    """CPU step: merge every detector's boxes into objects / floating objects (reference rules)."""
+    from grand.core.voting import vote_detections
+
+    n = len(batch["image_id"])
+    objects, floating = ["[]"] * n, ["[]"] * n
+    for i in range(n):
+        if batch["status"][i] != "ok":
+            continue
+        per_model = {
+            d.name: Detections.from_dict(json.loads(batch[detection_column(d.name)][i])) for d in detectors
+        }
+        result = vote_detections(per_model, detectors, voting)
+        records = [_object_dict(k, o) for k, o in enumerate(result.objects + result.floating_objects)]
+        objects[i] = json.dumps(records[: len(result.objects)])
+        floating[i] = json.dumps(records[len(result.objects):])
+    return {**batch, "objects": objects, "floating_objects": floating}
+
+
+def _object_dict(object_id: int, obj) -> dict:
+    return {
+        "id": object_id,
+        "bbox": [round(float(v), 2) for v in obj.bbox],
+        "label": obj.label,
+        "labels": list(obj.labels),
+        "score": round(float(obj.score), 5),
+        "models": list(obj.models),
+        "attributes": list(obj.attributes),
+    }
+
+
+class SegmentStep(ModelStep):
+    """Masks for objects: an SA-1B ground-truth mask when one matches the box, else the segmenter."""
+
+    role = "segmenter"
+    spec: SegmenterSpec
+
+    def run(self, batch, rows, images):
+        from grand.core.rle import best_box_matches, encode_masks
+        from grand.io.sa1b import parse_sa1b_sidecar
+
+        todo_rows, todo_boxes, todo_targets = [], [], []
+        parsed = {}
+        for i in rows:
+            objs = json.loads(batch["objects"][i])
+            floats = json.loads(batch["floating_objects"][i])
+            parsed[i] = (objs, floats)
+            targets = objs + (floats if self.spec.segment_floating else [])
+            gt = parse_sa1b_sidecar(batch["sidecar"][i]) if batch["sidecar"][i] else []
+            if gt and targets:
+                boxes = np.array([o["bbox"] for o in targets], np.float32)
+                match = best_box_matches(boxes, np.array([g["bbox_xyxy"] for g in gt], np.float32), self.spec.gt_match_iou)
+                for o, m in zip(targets, match):
+                    if m >= 0:
+                        o["segmentation"], o["segmentation_source"] = gt[m]["segmentation"], "sa1b_gt"
+            rest = [o for o in targets if "segmentation" not in o]
+            todo_rows.append(i)
+            todo_boxes.append(np.array([o["bbox"] for o in rest], np.float32).reshape(-1, 4))
+            todo_targets.append(rest)
+        masks = self.model.segment([images[i] for i in todo_rows], todo_boxes)
+        for i, rest, m in zip(todo_rows, todo_targets, masks):
+            for o, rle in zip(rest, encode_masks(np.asarray(m, dtype=bool)) if len(rest) else []):
+                o["segmentation"], o["segmentation_source"] = rle, self.spec.name
+            objs, floats = parsed[i]
+            batch["objects"][i], batch["floating_objects"][i] = json.dumps(objs), json.dumps(floats)
+
+
+class DepthStep(ModelStep):
+    role = "depth"
+    spec: DepthSpec
+
+    def init_outputs(self, batch, n):
+        batch.setdefault("depth_stats", ["null"] * n)
+
+    def run(self, batch, rows, images):
+        from grand.core.depth import depth_stats, object_depths
+
+        maps = self.model.estimate([images[i] for i in rows])
+        for i, depth in zip(rows, maps):
+            for col in ("objects", "floating_objects"):
+                objs = json.loads(batch[col][i])
+                if objs:
+                    values = object_depths(depth, np.array([o["bbox"] for o in objs], np.float32))
+                    for o, v in zip(objs, values):
+                        o["depth"] = None if not np.isfinite(v) else round(float(v), 5)
+                    batch[col][i] = json.dumps(objs)
+            batch["depth_stats"][i] = json.dumps(depth_stats(depth))
+
+
+STEP_FOR_ROLE = {"tagger": TagStep, "detector": DetectStep, "segmenter": SegmentStep, "depth": DepthStep}
