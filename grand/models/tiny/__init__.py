@@ -24,6 +24,7 @@ TINY_ARCHS: dict[str, str] = {
     "clip": "grand.models.tiny.text_models:build_clip",
     "sam": "grand.models.tiny.vision_models:build_sam",
     "depth-anything": "grand.models.tiny.vision_models:build_depth_anything",
+    "siglip": "grand.models.tiny.text_models:build_siglip",
 }
 
 _DONE_MARKER = ".grand-tiny-complete"
@@ -33,6 +34,9 @@ def build_tiny(arch: str, out_dir: Path) -> Path:
     """Build one tiny checkpoint into out_dir (atomically: a half-built dir is never visible)."""
     if arch not in TINY_ARCHS:
         raise KeyError(f"unknown tiny architecture '{arch}'; known: {', '.join(sorted(TINY_ARCHS))}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars for kilobyte-sized models are noise
     module, func = TINY_ARCHS[arch].split(":")
     builder = getattr(importlib.import_module(module), func)
     out_dir = Path(out_dir)
