@@ -28,7 +28,6 @@ class Resources(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per actor (0.25 = four actors share a GPU)")
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor; fractions keep small machines from hanging")
     pool_size: int = Field(1, ge=1, description="actors in the pool")
-    max_restarts: int = Field(3, ge=-1, description="times Ray restarts a dead actor (-1: forever)")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor, GiB")
 
 

@@ -75,3 +75,16 @@ def test_overrides_merge_and_are_validated():
     assert cfg.level1.detectors[0].name == "rtdetr"  # untouched keys survive the merge
     with pytest.raises(ConfigError, match=r"input\.shard_size"):
         load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 0}})
+
+
+def test_missing_offline_checkpoint_fails_before_any_actor(monkeypatch, tmp_path):
+    from grand.models.loading import ModelUnavailableError
+    from grand.runtime.pipeline import resolve_checkpoints
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    cfg = load_config(ROOT / "pipelines" / "grand.yaml")
+    with pytest.raises(ModelUnavailableError) as err:
+        resolve_checkpoints(cfg)
+    assert "model 'clip'" in str(err.value) and "openai/clip-vit-large-patch14" in str(err.value)
+    assert "GRAND_MODEL_DIR" in str(err.value)  # says how to provide the weights

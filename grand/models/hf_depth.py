@@ -15,21 +15,8 @@ import numpy as np
 from PIL import Image
 
 from grand.config import DepthSpec
+from grand.models.preprocess import pad_to_aspect
 from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
-
-
-MAX_ASPECT = 4.0  # longer side / shorter side beyond which images are padded before prediction
-
-
-def _pad_to_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
-    """Pad the short side (bottom / right, edge pixels repeated) so the aspect ratio is <= max_aspect."""
-    w, h = image.size
-    target_w, target_h = max(w, int(np.ceil(h / max_aspect))), max(h, int(np.ceil(w / max_aspect)))
-    if (target_w, target_h) == (w, h):
-        return image
-    arr = np.asarray(image)
-    arr = np.pad(arr, ((0, target_h - h), (0, target_w - w), (0, 0)), mode="edge")
-    return Image.fromarray(arr)
 
 
 class HFDepthEstimator:
@@ -60,7 +47,7 @@ class HFDepthEstimator:
         # Extreme aspect ratios (a 256x4 strip) make the keep-aspect resize round the short side to 0
         # pixels: predict on a padded copy and crop the map back to the image.
         originals = images
-        images = [_pad_to_aspect(im.convert("RGB"), MAX_ASPECT) for im in images]
+        images = [pad_to_aspect(im.convert("RGB")) for im in images]
         # Depth Anything / DPT keep the aspect ratio, so images of different shapes give different
         # tensor sizes: preprocess one by one, then batch the images whose tensors agree in shape.
         pixels = [self.processor(images=im, return_tensors="pt")["pixel_values"][0] for im in images]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from grand.config import DetectorSpec
 from grand.core.detections import Detections
+from grand.models.preprocess import pad_to_aspect
 from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
 
 _GROUNDING_DINO_TYPES = {"grounding-dino", "mm-grounding-dino"}
@@ -66,18 +67,28 @@ class HFZeroShotDetector:
         queries = queries if queries is not None else [[] for _ in images]
         if len(queries) != len(images):
             raise ValueError(f"model '{self.spec.name}': {len(images)} images but {len(queries)} query lists")
+        originals = images
+        if self.is_grounding_dino:  # a 256x4 strip gives fewer feature tokens than the model has queries
+            images = [pad_to_aspect(im) for im in images]
         # (image index, chunk of queries): GroundingDINO may need several prompts for one image
         jobs = [(i, chunk) for i, q in enumerate(queries) for chunk in self._chunks(_clean_queries(q))]
         parts: list[list[Detections]] = [[] for _ in images]
         run = self._run_grounding_dino if self.is_grounding_dino else self._run_owl
+        # GroundingDINO pads the images of a batch to the largest one, and padding changes what the
+        # model sees: batch only images of one size so an image's boxes never depend on its batch
+        # mates (a resumed run must give what an uninterrupted run gives). OWL pads each image alone.
+        groups: dict[tuple[int, int], list] = {}
+        for job in jobs:
+            groups.setdefault(images[job[0]].size if self.is_grounding_dino else (0, 0), []).append(job)
         size = self.spec.batch_size
         with self._torch.inference_mode():
-            for start in range(0, len(jobs), size):
-                batch = jobs[start : start + size]
-                found = run([images[i] for i, _ in batch], [chunk for _, chunk in batch])
-                for (i, _), dets in zip(batch, found):
-                    parts[i].append(dets)
-        return [self._merge(p) for p in parts]
+            for group in groups.values():
+                for start in range(0, len(group), size):
+                    batch = group[start : start + size]
+                    found = run([images[i] for i, _ in batch], [chunk for _, chunk in batch])
+                    for (i, _), dets in zip(batch, found):
+                        parts[i].append(dets)
+        return [self._clip(self._merge(p), im) for p, im in zip(parts, originals)]
 
     # -- GroundingDINO --------------------------------------------------------------------------
     def _chunks(self, queries: list[str]) -> list[list[str]]:
@@ -172,6 +183,12 @@ class HFZeroShotDetector:
         ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         scores_np = scores.float().cpu().numpy().reshape(-1)
         return Detections(xyxy[ok], scores_np[ok], np.asarray(labels, dtype=object)[ok], self.spec.name)
+
+    def _clip(self, dets: Detections, image: Image.Image) -> Detections:
+        """Boxes found on a padded copy, clipped back to the image (those only in the padding dropped)."""
+        xyxy = np.clip(dets.xyxy, 0, [image.width, image.height, image.width, image.height]).astype(np.float32)
+        dets.xyxy = xyxy
+        return dets[(xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])]
 
     def _merge(self, parts: list[Detections]) -> Detections:
         if not parts:

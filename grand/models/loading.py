@@ -78,3 +78,23 @@ def set_threads(spec: ModelSpec) -> None:
     import torch
 
     torch.set_num_threads(spec.threads)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def preflight_checkpoint(spec: ModelSpec, base_dir: Path | None = None) -> str:
+    """Resolve a checkpoint in the driver before any actor starts (tiny ones are built here, once).
+
+    Offline (HF_HUB_OFFLINE=1), a hub id that is not in the local cache fails now, naming the model,
+    instead of in every actor after minutes of retries."""
+    resolved = resolve_checkpoint(spec, base_dir)
+    if Path(resolved).exists() or not hub_offline():
+        return resolved
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(resolved, revision=spec.revision, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the weights are not here
+        raise unavailable(spec, err) from err

@@ -59,6 +59,7 @@ class RunSummary:
     errors: int = 0
     error_reasons: dict = field(default_factory=dict)
     seconds: float = 0.0
+    first_row_s: float | None = None  # seconds from start until the first finished row (startup cost)
 
     @property
     def images_per_s(self) -> float:
@@ -113,13 +114,19 @@ def provenance(cfg: PipelineConfig) -> list[dict]:
     return out
 
 
+def step_plan(cfg: PipelineConfig) -> list[tuple[str, ModelSpec | None]]:
+    """The level-1 steps in order: taggers, detectors, vote (CPU, no model), segmenter, depth."""
+    l1 = cfg.level1
+    plan: list[tuple[str, ModelSpec | None]] = [("tagger", t) for t in l1.taggers]
+    plan += [("detector", d) for d in l1.detectors] + [("vote", None)]
+    plan += [("segmenter", l1.segmenter)] if l1.segmenter else []
+    plan += [("depth", l1.depth)] if l1.depth else []
+    return plan
+
+
 def model_steps(cfg: PipelineConfig) -> list[tuple[str, ModelSpec]]:
     """(role, spec) of each actor-pool step in pipeline order."""
-    l1 = cfg.level1
-    steps = [("tagger", t) for t in l1.taggers] + [("detector", d) for d in l1.detectors]
-    steps += [("segmenter", l1.segmenter)] if l1.segmenter else []
-    steps += [("depth", l1.depth)] if l1.depth else []
-    return steps
+    return [(role, spec) for role, spec in step_plan(cfg) if spec is not None]
 
 
 def check_cluster_resources(cfg: PipelineConfig, cluster: dict) -> None:
@@ -149,15 +156,13 @@ def check_cluster_resources(cfg: PipelineConfig, cluster: dict) -> None:
         )
 
 
-def _resolve_tiny_checkpoints(spec: ModelSpec) -> ModelSpec:
-    """Build tiny test checkpoints once in the driver so that actors never race to build them."""
-    from grand.models.loading import TINY_PREFIX
-    from grand.models.tiny import ensure_tiny
+def _resolve_checkpoint(spec: ModelSpec, base_dir: Path) -> ModelSpec:
+    """Resolve each checkpoint once in the driver: tiny test checkpoints are built here (actors never
+    race to build them) and, offline, missing weights fail before any actor starts."""
+    from grand.models.loading import preflight_checkpoint
 
-    if spec.checkpoint.startswith(TINY_PREFIX):
-        path = ensure_tiny(spec.checkpoint[len(TINY_PREFIX):])
-        return spec.model_copy(update={"checkpoint": str(path)})
-    return spec
+    path = preflight_checkpoint(spec, base_dir)
+    return spec.model_copy(update={"checkpoint": path}) if Path(path).exists() else spec
 
 
 def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
@@ -194,9 +199,16 @@ def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
     return {"shard": list(batch["shard"]), "index": list(batch["index"]), "record": records}
 
 
-def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0):
+def resolve_checkpoints(cfg: PipelineConfig) -> dict[str, ModelSpec]:
+    """Model name -> spec with its checkpoint resolved (see _resolve_checkpoint)."""
+    return {spec.name: _resolve_checkpoint(spec, cfg.base_dir) for _, spec in model_steps(cfg)}
+
+
+def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved: dict | None = None):
     """The lazy Ray Data pipeline over `shards` (nothing runs until it is iterated)."""
     import ray.data
+
+    resolved = resolved or resolve_checkpoints(cfg)
 
     cpu = cfg.runtime.cpu_task_num_cpus
     base_dir = str(cfg.base_dir)
@@ -213,26 +225,21 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0):
         # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
         return ds.map_batches(
             stages.STEP_FOR_ROLE[role],
-            fn_constructor_kwargs={"spec": _resolve_tiny_checkpoints(spec), "base_dir": base_dir, "fault_rate": fault_rate},
+            fn_constructor_kwargs={"spec": resolved[spec.name], "base_dir": base_dir, "fault_rate": fault_rate},
             compute=ray.data.ActorPoolStrategy(size=r.pool_size),
             batch_size=spec.batch_size, batch_format="numpy",
             num_cpus=r.num_cpus, num_gpus=r.num_gpus or None,
             memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
         )
 
-    l1 = cfg.level1
-    for spec in l1.taggers:
-        ds = model_step(ds, "tagger", spec)
-    for spec in l1.detectors:
-        ds = model_step(ds, "detector", spec)
-    ds = ds.map_batches(
-        stages.vote, fn_kwargs={"detectors": l1.detectors, "voting": l1.voting},
-        batch_size=64, batch_format="numpy", num_cpus=cpu,
-    )
-    if l1.segmenter:
-        ds = model_step(ds, "segmenter", l1.segmenter)
-    if l1.depth:
-        ds = model_step(ds, "depth", l1.depth)
+    for role, spec in step_plan(cfg):
+        if role == "vote":
+            ds = ds.map_batches(
+                stages.vote, fn_kwargs={"detectors": cfg.level1.detectors, "voting": cfg.level1.voting},
+                batch_size=64, batch_format="numpy", num_cpus=cpu,
+            )
+        else:
+            ds = model_step(ds, role, spec)
     ds = ds.map_batches(
         assemble_level1, fn_kwargs={"provenance_rows": provenance(cfg)},
         batch_size=64, batch_format="numpy", num_cpus=cpu,
@@ -289,6 +296,7 @@ def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
               file=sys.stderr)
         return summary
 
+    resolved = resolve_checkpoints(cfg)  # fails fast on missing weights, before Ray starts
     init_ray(opts.address)
     import ray
     from ray.data import DataContext
@@ -311,8 +319,10 @@ def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     print(f"[grand] level1: {len(pending)} shards ({total_images} images) to do, "
           f"{summary.shards_skipped} already committed -> {out.uri}", file=sys.stderr, flush=True)
     try:
-        ds = build_dataset(cfg, pending, opts.fault_rate)
+        ds = build_dataset(cfg, pending, opts.fault_rate, resolved)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if summary.first_row_s is None:
+                summary.first_row_s = time.monotonic() - start
             for shard, index, record in zip(batch["shard"], batch["index"], batch["record"]):
                 rec = json.loads(record)
                 if not sink.add(str(shard), int(index), rec):
@@ -340,7 +350,8 @@ def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
             f"level 1 stopped after committing {len(sink.committed)} of {len(pending)} shards: {reason}\n"
             "Committed shards are kept; run the same command again to resume."
         ) from err
-    progress.print()
+    if progress.last < time.monotonic() - 0.5:  # avoid repeating a line printed just now
+        progress.print()
     summary.shards_committed = list(sink.committed)
     summary.error_reasons = dict(reasons.most_common())
     summary.seconds = time.monotonic() - start

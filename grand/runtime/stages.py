@@ -84,8 +84,13 @@ class ModelStep(ABC):
     role = "model"
 
     def __init__(self, spec: ModelSpec, base_dir: str | None = None, fault_rate: float = 0.0):
+        from transformers.utils import logging as hf_logging
+
         from grand.models.registry import build_model
 
+        # one "Loading weights" bar per actor and batch warnings drown the run's own progress line
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         self.spec = spec
         self.fault_rate = fault_rate
         self.model = build_model(spec, Path(base_dir) if base_dir else None)

@@ -2,7 +2,7 @@
 
 They exercise the real loading, pre-processing and post-processing code of each adapter; their
 predictions are random. `grand models make-tiny DIR` writes all of them; `checkpoint: tiny:<arch>`
-builds one on first use under $GRAND_CACHE/tiny/<arch>.
+builds one on first use under $GRAND_CACHE/tiny/<fingerprint of the builders>/<arch>.
 """
 
 from __future__ import annotations
@@ -53,9 +53,23 @@ def build_tiny(arch: str, out_dir: Path) -> Path:
     return out_dir
 
 
+def builder_fingerprint() -> str:
+    """Changes whenever the builders or what they read change, so that a cache never serves a
+    checkpoint made by older code (its predictions and its architecture may differ)."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    sources = sorted(here.glob("*.py")) + [here.parents[2] / "pipelines" / "vocab" / "concepts.txt"]
+    for path in sources:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def ensure_tiny(arch: str, cache_dir: Path | None = None) -> Path:
     """Path of the cached tiny checkpoint for `arch`, building it first if needed."""
-    out = Path(cache_dir or default_cache_dir()) / "tiny" / arch
+    out = Path(cache_dir or default_cache_dir()) / "tiny" / builder_fingerprint() / arch
     if (out / _DONE_MARKER).exists():
         return out
     try:

@@ -1,0 +1,148 @@
+"""Level-1 throughput: the Ray pipeline against the same models called in a plain single-process loop
+on the same images, in the same run (so the ratio is meaningful on any machine), plus peak memory.
+
+    .venv/bin/python benchmarks/level1.py                         # pipelines/tiny.yaml, tinycoco x2
+    .venv/bin/python benchmarks/level1.py --config pipelines/grand.yaml --images /data/sample --repeat 1
+
+The baseline runs exactly the pipeline's step classes (grand.runtime.stages) in order, in this
+process, one batch at a time: it measures what Ray adds or saves, not different code.
+Results are printed as a Markdown table row for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grand.config import load_config  # noqa: E402
+from grand.io.sources import plan_shards  # noqa: E402
+from grand.runtime import stages  # noqa: E402
+from grand.runtime.pipeline import (  # noqa: E402
+    RunOptions, _resolve_checkpoint, assemble_level1, model_steps, provenance, run_level1, step_plan,
+)
+
+
+class PeakRSS:
+    """Peak resident memory of this process and all its descendants (Ray workers included), sampled."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            # local Ray's raylet / workers are not always our children: count processes of our session
+            self.peak = max(self.peak, total + _ray_workers_rss(me))
+            self._stop.wait(self.interval)
+
+
+def _ray_workers_rss(me: psutil.Process) -> int:
+    own = {me.pid, *(c.pid for c in me.children(recursive=True))}
+    total = 0
+    for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
+        if p.pid in own:
+            continue
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "default_worker.py" in cmd:
+            total += p.info["memory_info"].rss if p.info.get("memory_info") else 0
+    return total
+
+
+def copy_images(src: Path, dest: Path, repeat: int) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for r in range(repeat):
+        for p in files:
+            shutil.copyfile(p, dest / f"r{r}_{p.name}")
+    return len(files) * repeat
+
+
+def plain_loop(cfg, folder: Path) -> tuple[int, float]:
+    """The same steps, in this process, batch after batch; model loading excluded from the time."""
+    plan = step_plan(cfg)
+    steps = {spec.name: stages.STEP_FOR_ROLE[role](_resolve_checkpoint(spec, cfg.base_dir), str(cfg.base_dir))
+             for role, spec in plan if spec is not None}
+    rows = []
+    for shard in plan_shards(str(folder), cfg.input):
+        rows += list(stages.read_shard_rows({"shard_spec": json.dumps(shard.to_dict())}, cfg.input))
+    batch_size = min(spec.batch_size for _, spec in plan if spec is not None)
+    prov = provenance(cfg)
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        batch = stages.prepare_images({k: [r[k] for r in chunk] for k in chunk[0]}, cfg.input.max_image_pixels)
+        for role, spec in plan:
+            if role == "vote":
+                batch = stages.vote(batch, cfg.level1.detectors, cfg.level1.voting)
+            else:
+                batch = steps[spec.name](batch)
+        assemble_level1(batch, prov)
+    return len(rows), time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "pipelines" / "tiny.yaml"))
+    ap.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "tinycoco" / "images"))
+    ap.add_argument("--repeat", type=int, default=2, help="copies of the image set (steady state)")
+    ap.add_argument("--shard-size", type=int, default=16)
+    args = ap.parse_args()
+    os.environ.setdefault("GRAND_CACHE", str(ROOT / ".cache" / "grand"))
+
+    cfg = load_config(args.config, {"input": {"shard_size": args.shard_size}})
+    work = Path(tempfile.mkdtemp(prefix="grand-bench-"))
+    try:
+        n = copy_images(Path(args.images), work / "images", args.repeat)
+        for _, spec in model_steps(cfg):
+            _resolve_checkpoint(spec, cfg.base_dir)  # build tiny checkpoints outside both timings
+
+        with PeakRSS() as loop_mem:
+            n_loop, loop_s = plain_loop(cfg, work / "images")
+        with PeakRSS() as pipe_mem:
+            t0 = time.perf_counter()
+            summary = run_level1(cfg, RunOptions(input=str(work / "images"), output=str(work / "out")))
+            pipe_s = time.perf_counter() - t0
+        assert summary.images == n == n_loop, (summary.images, n, n_loop)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    loop_rate, pipe_rate = n / loop_s, n / pipe_s
+    steady = n / (pipe_s - summary.first_row_s) if summary.first_row_s else float("nan")
+    print(f"\nimages: {n}  cpus: {os.cpu_count()}  config: {Path(args.config).name}")
+    print("| config | images | plain loop img/s | pipeline img/s, wall | pipeline img/s after first row | "
+          "ratio wall / after first row | startup s | peak RSS loop | peak RSS pipeline |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {Path(args.config).name} | {n} | {loop_rate:.2f} | {pipe_rate:.2f} | {steady:.2f} | "
+          f"{pipe_rate / loop_rate:.2f} / {steady / loop_rate:.2f} | {summary.first_row_s:.1f} | "
+          f"{loop_mem.peak / 2**30:.2f} GiB | {pipe_mem.peak / 2**30:.2f} GiB |")
+
+
+if __name__ == "__main__":
+    main()

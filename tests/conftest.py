@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to ../shared, a local Ray for the session (own temp dir, stopped at the end)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TINYCOCO = SHARED / "data" / "tinycoco"
+YOLOX_DIR = SHARED / "weights" / "yolox_nano"
+
+# Tiny checkpoints are cached inside the checkout unless the caller chose a cache.
+os.environ.setdefault("GRAND_CACHE", str(ROOT / ".cache" / "grand"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+needs_shared = pytest.mark.skipif(not TINYCOCO.is_dir(), reason="../shared (tinycoco, yolox_nano) is not beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every in-process pipeline run of the session."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="gr-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, logging_level="WARNING",
+             runtime_env={"env_vars": {"GRAND_CACHE": os.environ["GRAND_CACHE"]}})
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""End-to-end runs on a local Ray: every input image lands exactly once, bad inputs become error rows,
+masks decode to the image size, re-runs skip committed shards, and a SIGKILLed run resumes to the
+same output an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from bad_inputs import write_bad_input_corpus
+from conftest import ROOT, TINYCOCO, YOLOX_DIR, needs_shared
+from grand.config import load_config
+from grand.core.rle import decode_mask, mask_iou
+from grand.io.output import OutputDir
+from grand.io.status import output_status
+from grand.runtime.pipeline import RunOptions, run_level1
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(out: Path) -> list[dict]:
+    return pads.dataset(str(out / "level1"), format="parquet").to_table().to_pylist()
+
+
+def _input_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path / "in"
+    expected = write_bad_input_corpus(folder)
+    if TINYCOCO.is_dir():
+        for p in sorted((TINYCOCO / "images").glob("*.jpg"))[:3]:
+            (folder / "coco").mkdir(exist_ok=True)
+            shutil.copyfile(p, folder / "coco" / p.name)
+            expected[f"coco/{p.name}"] = "ok"
+    return folder, expected
+
+
+def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
+    folder, expected = _input_folder(tmp_path)
+    out = tmp_path / "out"
+    cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 5}})
+    summary = run_level1(cfg, RunOptions(input=str(folder), output=str(out)))
+
+    rows = _rows(out)
+    ids = [r["image_id"] for r in rows]
+    assert sorted(ids) == sorted(expected)  # every input once, nothing else
+    assert summary.images == len(expected)
+    for r in rows:
+        assert r["status"] == expected[r["image_id"]], (r["image_id"], r["error"])
+        if r["status"] == "error":
+            assert r["error"] and r["objects"] == []
+            continue
+        assert r["width"] > 0 and r["height"] > 0 and r["error"] is None
+        assert len(r["tags"]) == len(r["tag_scores"]) > 0
+        assert {p["name"] for p in r["provenance"]} == {"clip", "rtdetr", "owlv2", "grounding_dino", "sam", "depth_anything"}
+        regions = r["objects"] + r["floating_objects"]
+        assert len({o["id"] for o in regions}) == len(regions)
+        for o in regions:
+            x1, y1, x2, y2 = o["bbox"]
+            assert 0 <= x1 <= x2 <= r["width"] + 0.01 and 0 <= y1 <= y2 <= r["height"] + 0.01
+            assert decode_mask(o["segmentation"]).shape == (r["height"], r["width"])
+            assert o["segmentation_source"] == "sam" and o["models"]
+    assert sum(len(r["objects"]) + len(r["floating_objects"]) for r in rows) > 0
+
+    st = output_status(str(out))["levels"]["level1"]
+    n_errors = sum(1 for s in expected.values() if s == "error")
+    assert (st["done"], st["pending"], st["failed"]) == (st["shards"], 0, 0)
+    assert (st["images_done"], st["errors"]) == (len(expected), n_errors)
+    assert sum(st["error_reasons"].values()) == n_errors
+
+    # The same command again commits nothing and changes nothing.
+    before = {p.name: p.read_bytes() for p in (out / "level1").iterdir()}
+    again = run_level1(cfg, RunOptions(input=str(folder), output=str(out)))
+    assert again.shards_committed == [] and again.shards_skipped == st["shards"]
+    assert {p.name: p.read_bytes() for p in (out / "level1").iterdir()} == before
+
+    # --force redoes a committed shard (here: one) with the same rows: the models are deterministic
+    # (up to float noise: Ray groups the images into other batches this time).
+    first = sorted(before)[0]
+    redo = run_level1(cfg, RunOptions(input=str(folder), output=str(out), force=True, max_shards=1))
+    assert redo.shards_committed == [first[: -len(".parquet")]]
+    old_rows = pq.read_table(pa.BufferReader(before[first])).to_pylist()
+    assert_rows_match(pq.read_table(out / "level1" / first).to_pylist(), old_rows)
+
+
+def assert_rows_match(got: list[dict], want: list[dict]) -> None:
+    """Same images, statuses, labels and model groups; boxes, scores, depths and masks equal up to
+    float noise."""
+    assert [r["image_id"] for r in got] == [r["image_id"] for r in want]
+    for g, w in zip(got, want):
+        assert (g["status"], g["error"], g["width"], g["height"]) == (w["status"], w["error"], w["width"], w["height"])
+        assert set(g["tags"]) == set(w["tags"])
+        for key in ("objects", "floating_objects"):
+            ident = lambda objs: [(o["id"], o["labels"], o["models"]) for o in objs]  # noqa: E731
+            assert ident(g[key]) == ident(w[key])
+            for a, b in zip(g[key], w[key]):
+                np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+                assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+                assert (a["depth"] is None) == (b["depth"] is None)
+                if a["depth"] is not None:
+                    assert a["depth"] == pytest.approx(b["depth"], rel=1e-3, abs=1e-9)
+                assert mask_iou([a["segmentation"]], [b["segmentation"]])[0, 0] > 0.99
+
+
+def test_output_folder_refuses_another_input(ray_session, tmp_path):
+    folder, _ = _input_folder(tmp_path)
+    out = tmp_path / "out"
+    cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 50}})
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copyfile(next(folder.glob("*.png")), other / "a.png")
+    OutputDir(str(out))  # nothing written yet
+    from grand.io.manifest import PlanMismatchError, save_plan
+    from grand.io.sources import plan_shards
+
+    save_plan(OutputDir(str(out)), str(folder.resolve()), plan_shards(str(folder), cfg.input))
+    with pytest.raises(PlanMismatchError, match="planned for input"):
+        run_level1(cfg, RunOptions(input=str(other), output=str(out)))
+
+
+# -- crash and resume ---------------------------------------------------------------------------------
+def _two_yolox_config(path: Path) -> Path:
+    """Two detectors (the real YOLOX weights twice): fast, deterministic, and every box is an object."""
+    det = {"backend": "onnx-yolox", "checkpoint": str(YOLOX_DIR), "score_threshold": 0.3,
+           "batch_size": 2, "resources": {"num_cpus": 0.25}}
+    cfg = {"name": "resume", "input": {"shard_size": 2},
+           "level1": {"detectors": [{"name": "yolox_a", **det}, {"name": "yolox_b", **det}]}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@needs_shared
+def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(ray_session, tmp_path):
+    config = _two_yolox_config(tmp_path / "resume.yaml")
+    images = TINYCOCO / "images"
+
+    reference = tmp_path / "reference"
+    run_level1(load_config(config), RunOptions(input=str(images), output=str(reference)))
+
+    out = tmp_path / "killed"
+    ray_tmp = tempfile.mkdtemp(prefix="grk-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "grand.cli.main", "run", str(config), "--input", str(images), "--output", str(out)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    level1 = out / "level1"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if level1.is_dir() and len(list(level1.glob("*.parquet"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+        proc.stderr.close()
+    committed_before = {p.name: p.read_bytes() for p in level1.glob("*.parquet")}
+    assert 3 <= len(committed_before) < 16  # killed midway
+
+    st = output_status(str(out))["levels"]["level1"]
+    assert st["done"] == len(committed_before) and st["pending"] + st["failed"] == 16 - len(committed_before)
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{16 - len(committed_before)} shards" in done.stderr  # only the rest was redone
+
+    for name, data in committed_before.items():
+        assert (level1 / name).read_bytes() == data  # committed shards are never rewritten
+    got, want = _rows(out), _rows(reference)
+    assert sorted(r["image_id"] for r in got) == sorted(p.name for p in images.glob("*.jpg"))  # once each
+    key = lambda r: r["image_id"]  # noqa: E731
+    assert sorted(got, key=key) == sorted(want, key=key)
+    assert sum(len(r["objects"]) for r in got) > 32  # both detectors agree: objects, not floating
+    st = output_status(str(out))["levels"]["level1"]
+    assert (st["done"], st["pending"], st["failed"], st["images_done"]) == (16, 0, 0, 32)
