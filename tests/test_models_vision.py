@@ -253,6 +253,23 @@ def test_missing_checkpoint_names_the_model(tmp_path, spec_class, backend, where
         build_model(spec)
 
 
+@pytest.mark.parametrize(
+    "spec_class, backend, arch, typo",
+    [
+        (DetectorSpec, "transformers", "rt-detr", "box_treshold"),
+        (SegmenterSpec, "transformers", "sam", "boxes_per_bacth"),
+        (DepthSpec, "transformers", "depth-anything", "image_procesor_backend"),
+        (DetectorSpec, "onnx-yolox", "rt-detr", "nms_iuo"),
+    ],
+)
+def test_unknown_option_is_an_error_naming_it(tiny_dir, spec_class, backend, arch, typo):
+    """A typo in `options:` must not be silently ignored (the adapter would run with its default)."""
+    spec = spec_class(name="my_model", backend=backend, checkpoint=str(tiny_dir / arch), options={typo: 1})
+    with pytest.raises(ValueError, match=typo) as err:
+        build_model(spec)
+    assert "my_model" in str(err.value)
+
+
 # -- YOLOX-Nano, real weights -----------------------------------------------------------------------
 
 needs_yolox = pytest.mark.skipif(

@@ -17,7 +17,7 @@ from PIL import Image
 
 from grand.config import DetectorSpec
 from grand.core.detections import Detections
-from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
+from grand.models.loading import adapter_options, load_pretrained
 
 # DETR's 91-slot COCO label map keeps "N/A" for the ids COCO never used; a box with such a label
 # carries no class and must not reach the vote.
@@ -34,23 +34,15 @@ class HFClosedSetDetector:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
         self.spec = spec
-        opts = spec.options
-        self.box_threshold = float(opts.get("box_threshold", 0.1))
-        self.max_detections = int(opts.get("max_detections", 100))
-        set_threads(spec)
-        self.device = torch_device(spec)
-        self.dtype = torch_dtype(spec, self.device)
-        try:
-            checkpoint = resolve_checkpoint(spec, base_dir)
-            self.processor = AutoImageProcessor.from_pretrained(
-                checkpoint, revision=spec.revision, backend=opts.get("image_processor_backend")
-            )
-            self.model = AutoModelForObjectDetection.from_pretrained(
-                checkpoint, revision=spec.revision, dtype=self.dtype
-            )
-        except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
-            raise unavailable(spec, err) from err
-        self.model.to(self.device).eval()
+        opts = adapter_options(
+            spec, {"box_threshold": 0.1, "max_detections": 100, "image_processor_backend": None}
+        )
+        self.box_threshold = float(opts["box_threshold"])
+        self.max_detections = int(opts["max_detections"])
+        self.model, self.processor, self.device, self.dtype = load_pretrained(
+            spec, base_dir, AutoModelForObjectDetection, AutoImageProcessor,
+            backend=opts["image_processor_backend"],
+        )
         self.labels = {int(k): str(v).strip().lower() for k, v in self.model.config.id2label.items()}
         self._torch = torch
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from grand.config import DepthSpec
 from grand.models.preprocess import pad_to_aspect
-from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
+from grand.models.loading import adapter_options, load_pretrained
 
 
 class HFDepthEstimator:
@@ -27,20 +27,11 @@ class HFDepthEstimator:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         self.spec = spec
-        set_threads(spec)
-        self.device = torch_device(spec)
-        self.dtype = torch_dtype(spec, self.device)
-        try:
-            checkpoint = resolve_checkpoint(spec, base_dir)
-            self.processor = AutoImageProcessor.from_pretrained(
-                checkpoint, revision=spec.revision, backend=spec.options.get("image_processor_backend")
-            )
-            self.model = AutoModelForDepthEstimation.from_pretrained(
-                checkpoint, revision=spec.revision, dtype=self.dtype
-            )
-        except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
-            raise unavailable(spec, err) from err
-        self.model.to(self.device).eval()
+        opts = adapter_options(spec, {"image_processor_backend": None})
+        self.model, self.processor, self.device, self.dtype = load_pretrained(
+            spec, base_dir, AutoModelForDepthEstimation, AutoImageProcessor,
+            backend=opts["image_processor_backend"],
+        )
         self._torch = torch
 
     def estimate(self, images: list[Image.Image]) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from PIL import Image
 from grand.config import DetectorSpec
 from grand.core.detections import Detections
 from grand.models.preprocess import pad_to_aspect
-from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
+from grand.models.loading import adapter_options, load_pretrained
 
 _GROUNDING_DINO_TYPES = {"grounding-dino", "mm-grounding-dino"}
 
@@ -41,24 +41,15 @@ class HFZeroShotDetector:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        opts = _options(spec, {"box_threshold": 0.1, "text_threshold": 0.25, "max_detections": 100})
+        opts = adapter_options(spec, {"box_threshold": 0.1, "text_threshold": 0.25, "max_detections": 100})
         self.box_threshold = float(opts["box_threshold"])
         self.text_threshold = float(opts["text_threshold"])
         self.max_detections = int(opts["max_detections"])
         self.spec = spec
-        set_threads(spec)
-        self.device = torch_device(spec)
-        self.dtype = torch_dtype(spec, self.device)
-        checkpoint = resolve_checkpoint(spec, base_dir)
-        try:
-            self.processor = AutoProcessor.from_pretrained(checkpoint, revision=spec.revision)
-            model = AutoModelForZeroShotObjectDetection.from_pretrained(
-                checkpoint, revision=spec.revision, dtype=self.dtype
-            )
-        except OSError as err:  # missing dir, unknown id, offline without a cached copy
-            raise unavailable(spec, err) from err
-        self.model = model.to(self.device).eval()
-        self.is_grounding_dino = model.config.model_type in _GROUNDING_DINO_TYPES
+        self.model, self.processor, self.device, self.dtype = load_pretrained(
+            spec, base_dir, AutoModelForZeroShotObjectDetection, AutoProcessor
+        )
+        self.is_grounding_dino = self.model.config.model_type in _GROUNDING_DINO_TYPES
         self._torch = torch
 
     # -- public ---------------------------------------------------------------------------------
@@ -212,12 +203,3 @@ def _clean_queries(queries: list[str]) -> list[str]:
 def _dino_text(query: str) -> str:
     """GroundingDINO separates phrases with '.' (and '?'), so they cannot occur inside one."""
     return " ".join(query.replace(".", " ").replace("?", " ").split())
-
-
-def _options(spec: DetectorSpec, defaults: dict) -> dict:
-    unknown = sorted(set(spec.options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"model '{spec.name}': unknown options {', '.join(unknown)} (known: {', '.join(sorted(defaults))})"
-        )
-    return {**defaults, **spec.options}

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from grand.config import SegmenterSpec
-from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
+from grand.models.loading import adapter_options, load_pretrained, resolve_checkpoint, unavailable
 
 
 class HFSamSegmenter:
@@ -29,25 +29,21 @@ class HFSamSegmenter:
         from transformers import AutoConfig, AutoProcessor, SamHQModel, SamModel
 
         self.spec = spec
-        opts = spec.options
-        self.boxes_per_batch = int(opts.get("boxes_per_batch", 64))
+        opts = adapter_options(spec, {"boxes_per_batch": 64, "mask_threshold": 0.0, "hq_token_only": False})
+        self.boxes_per_batch = int(opts["boxes_per_batch"])
         if self.boxes_per_batch < 1:
             raise ValueError(f"model '{spec.name}': option boxes_per_batch must be >= 1")
-        self.mask_threshold = float(opts.get("mask_threshold", 0.0))
-        self.hq_token_only = bool(opts.get("hq_token_only", False))
-        set_threads(spec)
-        self.device = torch_device(spec)
-        self.dtype = torch_dtype(spec, self.device)
+        self.mask_threshold = float(opts["mask_threshold"])
+        self.hq_token_only = bool(opts["hq_token_only"])
+        # the checkpoint's config picks the model class: SAM or HQ-SAM
         try:
-            checkpoint = resolve_checkpoint(spec, base_dir)
-            config = AutoConfig.from_pretrained(checkpoint, revision=spec.revision)
-            self.is_hq = config.model_type == "sam_hq"
-            model_class = SamHQModel if self.is_hq else SamModel
-            self.processor = AutoProcessor.from_pretrained(checkpoint, revision=spec.revision)
-            self.model = model_class.from_pretrained(checkpoint, revision=spec.revision, dtype=self.dtype)
+            config = AutoConfig.from_pretrained(resolve_checkpoint(spec, base_dir), revision=spec.revision)
         except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
             raise unavailable(spec, err) from err
-        self.model.to(self.device).eval()
+        self.is_hq = config.model_type == "sam_hq"
+        self.model, self.processor, self.device, self.dtype = load_pretrained(
+            spec, base_dir, SamHQModel if self.is_hq else SamModel, AutoProcessor
+        )
         self._torch = torch
 
     def segment(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:

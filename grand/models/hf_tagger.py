@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from grand.config import TaggerSpec
-from grand.models.loading import resolve_checkpoint, set_threads, torch_device, torch_dtype, unavailable
+from grand.models.loading import adapter_options, load_pretrained
 
 _SIGMOID_TYPES = {"siglip", "siglip2"}  # trained with a per-pair sigmoid loss, not a softmax over texts
 
@@ -30,22 +30,15 @@ class HFZeroShotTagger:
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        opts = _options(spec, {"prompt_template": "a photo of a {concept}.", "text_batch_size": 256})
+        opts = adapter_options(spec, {"prompt_template": "a photo of a {concept}.", "text_batch_size": 256})
         if "{concept}" not in opts["prompt_template"]:
             raise ValueError(f"model '{spec.name}': options.prompt_template must contain '{{concept}}'")
         self.spec = spec
         self.concepts = read_vocabulary(spec, base_dir)
-        set_threads(spec)
-        self.device = torch_device(spec)
-        self.dtype = torch_dtype(spec, self.device)
-        checkpoint = resolve_checkpoint(spec, base_dir)
-        try:
-            self.processor = AutoProcessor.from_pretrained(checkpoint, revision=spec.revision)
-            model = AutoModel.from_pretrained(checkpoint, revision=spec.revision, dtype=self.dtype)
-        except OSError as err:  # missing dir, unknown id, offline without a cached copy
-            raise unavailable(spec, err) from err
-        self.model = model.to(self.device).eval()
-        self.sigmoid = model.config.model_type in _SIGMOID_TYPES
+        self.model, self.processor, self.device, self.dtype = load_pretrained(
+            spec, base_dir, AutoModel, AutoProcessor
+        )
+        self.sigmoid = self.model.config.model_type in _SIGMOID_TYPES
         self._torch = torch
         prompts = [opts["prompt_template"].format(concept=c) for c in self.concepts]
         with torch.inference_mode():
@@ -108,12 +101,3 @@ def _pooled(features):
 
 def _unit(x):
     return x / x.norm(dim=-1, keepdim=True)
-
-
-def _options(spec: TaggerSpec, defaults: dict) -> dict:
-    unknown = sorted(set(spec.options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"model '{spec.name}': unknown options {', '.join(unknown)} (known: {', '.join(sorted(defaults))})"
-        )
-    return {**defaults, **spec.options}

@@ -80,6 +80,38 @@ def set_threads(spec: ModelSpec) -> None:
     torch.set_num_threads(spec.threads)
 
 
+def adapter_options(spec: ModelSpec, defaults: dict) -> dict:
+    """The adapter's options: `defaults` overridden by `spec.options`.
+
+    `defaults` names every option the adapter knows; any other key in `spec.options` (a typo, an
+    option of another adapter) is a ValueError naming the model and the key, not silently ignored."""
+    unknown = sorted(set(spec.options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"model '{spec.name}': unknown options {', '.join(unknown)} (known: {', '.join(sorted(defaults))})"
+        )
+    return {**defaults, **spec.options}
+
+
+def load_pretrained(spec: ModelSpec, base_dir: Path | None, model_cls, processor_cls, **processor_kwargs):
+    """Load a transformers model and its processor the way every adapter does: the actor's thread
+    budget, the spec's device and dtype, `from_pretrained` on the resolved checkpoint (any failure
+    becomes a ModelUnavailableError naming the model), and the model moved to the device in eval mode.
+
+    Returns (model, processor, device, dtype)."""
+    set_threads(spec)
+    device = torch_device(spec)
+    dtype = torch_dtype(spec, device)
+    try:
+        checkpoint = resolve_checkpoint(spec, base_dir)
+        processor = processor_cls.from_pretrained(checkpoint, revision=spec.revision, **processor_kwargs)
+        model = model_cls.from_pretrained(checkpoint, revision=spec.revision, dtype=dtype)
+    except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
+        raise unavailable(spec, err) from err
+    model.to(device).eval()
+    return model, processor, device, dtype
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 

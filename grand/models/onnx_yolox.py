@@ -15,6 +15,7 @@ Options (`spec.options`):
     score_threshold   keep boxes with objectness x class probability >= this (default 0.1)
     nms_iou           class-wise NMS IoU (default 0.45)
     max_detections    boxes kept per image, best first (default 100)
+    input_size        side of the square input for exports with a dynamic input shape (default 416)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 
 from grand.config import DetectorSpec
 from grand.core.detections import Detections
-from grand.models.loading import resolve_checkpoint, unavailable
+from grand.models.loading import adapter_options, resolve_checkpoint, unavailable
 
 _STRIDES = (8, 16, 32)
 _PAD_VALUE = 114
@@ -50,15 +51,22 @@ class YoloxOnnxDetector:
 
     def __init__(self, spec: DetectorSpec, base_dir: Path | None = None) -> None:
         self.spec = spec
-        opts = spec.options
-        self.score_threshold = float(opts.get("score_threshold", 0.1))
-        self.nms_iou = float(opts.get("nms_iou", 0.45))
-        self.max_detections = int(opts.get("max_detections", 100))
+        opts = adapter_options(spec, {
+            "class_names_file": "coco_classes.txt",
+            "label_map": {},
+            "score_threshold": 0.1,
+            "nms_iou": 0.45,
+            "max_detections": 100,
+            "input_size": 416,
+        })
+        self.score_threshold = float(opts["score_threshold"])
+        self.nms_iou = float(opts["nms_iou"])
+        self.max_detections = int(opts["max_detections"])
         try:
             import onnxruntime as ort
 
             model_path, names_path = _locate_files(
-                Path(resolve_checkpoint(spec, base_dir)), opts.get("class_names_file", "coco_classes.txt")
+                Path(resolve_checkpoint(spec, base_dir)), opts["class_names_file"]
             )
             session_opts = ort.SessionOptions()
             # one actor = one thread budget; ORT's default (all cores) oversubscribes a Ray node
@@ -67,7 +75,7 @@ class YoloxOnnxDetector:
             self.session = ort.InferenceSession(
                 str(model_path), sess_options=session_opts, providers=_providers(spec.device, ort)
             )
-            user_map = {str(k).lower(): str(v).lower() for k, v in opts.get("label_map", {}).items()}
+            user_map = {str(k).lower(): str(v).lower() for k, v in opts["label_map"].items()}
             label_map = {**_COCO_NAMES, **user_map}
             self.class_names = [label_map.get(n, n) for n in _read_class_names(names_path)]
         except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
@@ -77,7 +85,7 @@ class YoloxOnnxDetector:
         height, width = model_input.shape[2], model_input.shape[3]
         if not (isinstance(height, int) and isinstance(width, int)):
             # dynamic-shape exports: fall back to the size YOLOX-Nano/Tiny were trained at
-            height, width = (int(opts.get("input_size", 416)),) * 2
+            height, width = (int(opts["input_size"]),) * 2
         self.input_hw = (height, width)
         self.grids, self.grid_strides = _make_grids(self.input_hw)
 
