@@ -60,6 +60,7 @@ class RunSummary:
     error_reasons: dict = field(default_factory=dict)
     seconds: float = 0.0
     first_row_s: float | None = None  # seconds from start until the first finished row (startup cost)
+    step_images_per_s: dict = field(default_factory=dict)  # per model step, per actor busy second
 
     @property
     def images_per_s(self) -> float:
@@ -73,6 +74,9 @@ class RunSummary:
             f"images: {self.images} processed ({self.ok} ok, {self.errors} errors) in {self.seconds:.1f}s "
             f"= {self.images_per_s:.2f} images/s",
         ]
+        if self.step_images_per_s:
+            lines.append("per-actor images/s (busy time): "
+                         + ", ".join(f"{s} {r:.2f}" for s, r in self.step_images_per_s.items()))
         for reason, count in self.error_reasons.items():
             lines.append(f"  {count:6d} x {reason}")
         return "\n".join(lines)
@@ -196,7 +200,8 @@ def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
             provenance=[ModelProvenance(**p) for p in provenance_rows],
         )
         records.append(json.dumps(dataclasses.asdict(row)))
-    return {"shard": list(batch["shard"]), "index": list(batch["index"]), "record": records}
+    step_seconds = list(batch["step_seconds"]) if "step_seconds" in batch else ["{}"] * n
+    return {"shard": list(batch["shard"]), "index": list(batch["index"]), "record": records, "step_seconds": step_seconds}
 
 
 def resolve_checkpoints(cfg: PipelineConfig) -> dict[str, ModelSpec]:
@@ -262,6 +267,17 @@ class _Progress:
         self.images = self.errors = self.shards = 0
         self.start = self.last = time.monotonic()
         self.stream = stream
+        self.step_seconds: dict[str, float] = {}
+        self.step_images: dict[str, int] = {}
+
+    def add_step_times(self, times: dict[str, float]) -> None:
+        for step, seconds in times.items():
+            self.step_seconds[step] = self.step_seconds.get(step, 0.0) + seconds
+            self.step_images[step] = self.step_images.get(step, 0) + 1
+
+    def step_rates(self) -> dict[str, float]:
+        """Images per second of actor busy time, per model step (divide by pool size for the pool)."""
+        return {s: self.step_images[s] / t for s, t in self.step_seconds.items() if t > 0}
 
     def update(self, images: int, errors: int, shards: int) -> None:
         self.images, self.errors, self.shards = images, errors, shards
@@ -277,6 +293,9 @@ class _Progress:
             f"{self.images}/{self.total_images} | {rate:.2f} images/s | errors {self.errors} | {elapsed:.0f}s",
             file=self.stream, flush=True,
         )
+        if self.step_seconds:
+            steps = ", ".join(f"{s} {r:.1f}" for s, r in self.step_rates().items())
+            print(f"[grand]   per-actor images/s: {steps}", file=self.stream, flush=True)
 
 
 def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
@@ -323,10 +342,11 @@ def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if summary.first_row_s is None:
                 summary.first_row_s = time.monotonic() - start
-            for shard, index, record in zip(batch["shard"], batch["index"], batch["record"]):
+            for shard, index, record, times in zip(batch["shard"], batch["index"], batch["record"], batch["step_seconds"]):
                 rec = json.loads(record)
                 if not sink.add(str(shard), int(index), rec):
                     continue  # a duplicate delivered by a retried task
+                progress.add_step_times(json.loads(times))
                 summary.images += 1
                 if rec["status"] == "ok":
                     summary.ok += 1
@@ -354,9 +374,11 @@ def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
         progress.print()
     summary.shards_committed = list(sink.committed)
     summary.error_reasons = dict(reasons.most_common())
+    summary.step_images_per_s = {k: round(v, 3) for k, v in progress.step_rates().items()}
     summary.seconds = time.monotonic() - start
     manifest.finish_run(run, "succeeded", committed=sink.committed, images=summary.images, ok=summary.ok,
-                        errors=summary.errors, seconds=round(summary.seconds, 2), duplicates_dropped=sink.duplicates)
+                        errors=summary.errors, seconds=round(summary.seconds, 2), duplicates_dropped=sink.duplicates,
+                        step_images_per_s=summary.step_images_per_s)
     manifest.save()
     return summary
 

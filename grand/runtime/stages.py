@@ -17,6 +17,7 @@ import logging
 from abc import ABC, abstractmethod
 import os
 import random
+import time
 import traceback
 from pathlib import Path
 from typing import Iterator
@@ -77,6 +78,17 @@ def prepare_images(batch: dict, max_pixels: int) -> dict:
     return {**batch, "image": images, "width": widths, "height": heights, "status": status, "error": error}
 
 
+def record_step_time(batch: dict, step: str, seconds: float, rows: list[int]) -> None:
+    """Share a batch's busy time among its rows (column `step_seconds`, JSON {step: seconds}), so
+    the driver can report each step's images/s while the run goes on."""
+    n = len(batch["image_id"])
+    col = batch.setdefault("step_seconds", ["{}"] * n)
+    for i in rows:
+        times = json.loads(col[i])
+        times[step] = times.get(step, 0.0) + seconds / len(rows)
+        col[i] = json.dumps(times)
+
+
 # -- model steps ----------------------------------------------------------------------------------
 class ModelStep(ABC):
     """Base of the actor-pool steps: loads the model once, runs ok rows, isolates failures."""
@@ -104,7 +116,9 @@ class ModelStep(ABC):
         todo = [i for i in range(n) if batch["status"][i] == "ok"]
         self.init_outputs(batch, n)
         if not todo:
+            record_step_time(batch, self.spec.name, 0.0, [])  # every block keeps the same columns
             return batch
+        started = time.perf_counter()
         images = {i: open_rgb(bytes(batch["image"][i])) for i in todo}
         try:
             self.run(batch, todo, images)
@@ -116,6 +130,7 @@ class ModelStep(ABC):
                 except Exception as err:
                     batch["status"][i] = "error"
                     batch["error"][i] = f"{self.role} '{self.spec.name}': {type(err).__name__}: {err}"
+        record_step_time(batch, self.spec.name, time.perf_counter() - started, todo)
         return batch
 
     def init_outputs(self, batch: dict, n: int) -> None:
