@@ -274,7 +274,7 @@ class DepthStep(ModelStep):
                 if objs:
                     values = object_depths(depth, np.array([o["bbox"] for o in objs], np.float32))
                     for o, v in zip(objs, values):
-                        o["depth"] = None if not np.isfinite(v) else round(float(v), 5)
+                        o["depth"] = float(v) if np.isfinite(v) else None
                     batch[col][i] = json.dumps(objs)
             batch["depth_stats"][i] = json.dumps(depth_stats(depth))
 
