@@ -72,3 +72,14 @@ def _with_pool(cfg, pool_size: int):
     cfg = cfg.model_copy(deep=True)
     cfg.level1.taggers[0].resources.pool_size = pool_size
     return cfg
+
+
+def test_models_make_tiny_writes_loadable_checkpoints(tmp_path, capsys):
+    from grand.config import DepthSpec
+    from grand.models.registry import build_model
+
+    assert main(["models", "make-tiny", str(tmp_path), "--arch", "depth-anything", "--arch", "rt-detr"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth-anything", "rt-detr"]
+    model = build_model(DepthSpec(name="d", checkpoint=str(tmp_path / "depth-anything")))  # loads offline
+    assert model is not None
+    assert main(["models", "list"]) == 0 and "tiny:<arch>" in capsys.readouterr().out
