@@ -128,7 +128,6 @@ class InputSpec(_Strict):
 
 class RuntimeSpec(_Strict):
     cpu_task_num_cpus: float = Field(0.25, gt=0, description="CPUs per CPU-only task (decode, vote, assemble)")
-    max_errors_per_stage_batch_retry: int = Field(1, ge=0, description="a failing batch is retried image by image")
 
 
 class PipelineConfig(_Strict):

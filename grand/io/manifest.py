@@ -75,9 +75,6 @@ class Manifest:
             "failed_at": now_iso(),
         }
 
-    def forget(self, level: int, shard: str) -> None:
-        self.data["shards"].get(shard, {}).pop(f"level{level}", None)
-
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, info: dict) -> int:
         self.data["runs"].append({"started": now_iso(), "state": "running", **info})

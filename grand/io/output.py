@@ -95,10 +95,6 @@ class OutputDir:
         pq.write_table(table, buf, compression="zstd")
         self.write_bytes_atomic(path, buf.getvalue())
 
-    def remove(self, path: str) -> None:
-        if self.fs.exists(path):
-            self.fs.rm(path)
-
 
 def _fsync_dir(path: str) -> None:
     try:

@@ -21,6 +21,14 @@ def error_reason(error: str) -> str:
     return ":".join(parts[:2]).strip()[:80]
 
 
+def shard_counts(statuses: list[str], errors: list[str | None]) -> dict:
+    """rows / ok / errors / error_reasons of one shard, as the manifest records them."""
+    failed = [e or "" for s, e in zip(statuses, errors) if s != "ok"]
+    reasons = Counter(error_reason(e) for e in failed)
+    return {"rows": len(statuses), "ok": len(statuses) - len(failed), "errors": len(failed),
+            "error_reasons": dict(reasons.most_common())}
+
+
 @dataclass
 class ShardSink:
     out: OutputDir
@@ -58,12 +66,8 @@ class ShardSink:
             raise RuntimeError(f"shard {shard}: row indices are not 0..{self.expected[shard] - 1}")
         table = pa.Table.from_pylist(ordered, schema=self.schema)
         self.out.write_table_atomic(self.out.shard_path(self.level, shard), table)
-        errors = [r["error"] for r in ordered if r["status"] != "ok"]
-        reasons = Counter(error_reason(e or "") for e in errors)
-        self.manifest.record_commit(
-            self.level, shard, rows=len(ordered), ok=len(ordered) - len(errors), errors=len(errors),
-            error_reasons=dict(reasons.most_common()),
-        )
+        counts = shard_counts([r["status"] for r in ordered], [r["error"] for r in ordered])
+        self.manifest.record_commit(self.level, shard, **counts)
         self.manifest.save()
         self.committed.append(shard)
-        log.info("committed %s (%d rows, %d errors)", self.out.shard_path(self.level, shard), len(ordered), len(errors))
+        log.info("committed %s (%d rows, %d errors)", self.out.shard_path(self.level, shard), counts["rows"], counts["errors"])

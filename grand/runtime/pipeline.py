@@ -24,7 +24,7 @@ from pathlib import Path
 from grand.config import ConfigError, ModelSpec, PipelineConfig
 from grand.io.manifest import Manifest, PlanMismatchError, load_plan, save_plan
 from grand.io.output import OutputDir
-from grand.io.sink import ShardSink, error_reason
+from grand.io.sink import ShardSink, error_reason, shard_counts
 from grand.schema import LEVEL1_SCHEMA, DepthStats, Level1Row, ModelProvenance, ObjectRecord
 from grand.runtime import stages
 
@@ -175,11 +175,7 @@ def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
     n = len(batch["image_id"])
     for i in range(n):
         ok = batch["status"][i] == "ok"
-        tags = json.loads(batch["tags"][i]) if ok and "tags" in batch else []
-        names = stages.tag_names(json.dumps(tags))
-        best = {}
-        for t, s, _ in tags:
-            best[t] = max(s, best.get(t, -1.0))
+        best = stages.best_tag_scores(batch["tags"][i]) if ok and "tags" in batch else {}
         objects = json.loads(batch["objects"][i]) if ok else []
         floating = json.loads(batch["floating_objects"][i]) if ok else []
         depth = json.loads(batch["depth_stats"][i]) if ok and "depth_stats" in batch else None
@@ -192,8 +188,8 @@ def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
             error=str(batch["error"][i]) or None,
             width=int(batch["width"][i]) or None,
             height=int(batch["height"][i]) or None,
-            tags=names,
-            tag_scores=[round(float(best[t]), 5) for t in names],
+            tags=list(best),
+            tag_scores=[round(float(s), 5) for s in best.values()],
             objects=[ObjectRecord(**o) for o in objects],
             floating_objects=[ObjectRecord(**o) for o in floating],
             depth_stats=DepthStats(**depth) if depth else None,
@@ -395,9 +391,7 @@ def _reconcile(manifest: Manifest, out: OutputDir, committed: set[str]) -> None:
             continue
         with out.fs.open(out.shard_path(1, shard), "rb") as f:
             table = pq.read_table(f, columns=["status", "error"])
-        errors = [e for s, e in zip(table["status"].to_pylist(), table["error"].to_pylist()) if s != "ok"]
-        manifest.record_commit(1, shard, rows=table.num_rows, ok=table.num_rows - len(errors), errors=len(errors),
-                               error_reasons=dict(Counter(error_reason(e or "") for e in errors)))
+        manifest.record_commit(1, shard, **shard_counts(table["status"].to_pylist(), table["error"].to_pylist()))
         changed = True
     if changed:
         manifest.save()

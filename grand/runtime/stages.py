@@ -30,8 +30,6 @@ from grand.core.detections import Detections
 log = logging.getLogger("grand.stages")
 
 DETECTION_PREFIX = "det__"
-# Columns of a pipeline row before any model ran; every step keeps them.
-BASE_COLUMNS = ("image_id", "source", "shard", "index", "image", "sidecar", "status", "error", "width", "height")
 
 
 def detection_column(model_name: str) -> str:
@@ -142,7 +140,7 @@ class ModelStep(ABC):
         this step's columns for those rows into `batch`."""
 
     def _maybe_die(self) -> None:
-        # Opt-in fault injection (runtime.fault_injection): the actor process dies as a crashed model
+        # Opt-in fault injection (RunOptions.fault_rate): the actor process dies as a crashed model
         # worker would, so that tests can check Ray's restart + retry gives the fault-free output.
         if self.fault_rate > 0 and random.random() < self.fault_rate:
             log.warning("%s: fault injection: killing this actor process", self.spec.name)
@@ -163,12 +161,17 @@ class TagStep(ModelStep):
             batch["tags"][i] = json.dumps(merged)
 
 
-def tag_names(tags_json: str) -> list[str]:
-    """Unique tag texts of a row, best score first (the union of all taggers)."""
+def best_tag_scores(tags_json: str) -> dict[str, float]:
+    """The union of all taggers' tags of a row: tag -> its best score, best first."""
     best: dict[str, float] = {}
     for tag, score, _model in json.loads(tags_json or "[]"):
         best[tag] = max(score, best.get(tag, -1.0))
-    return sorted(best, key=lambda t: (-best[t], t))
+    return {t: best[t] for t in sorted(best, key=lambda t: (-best[t], t))}
+
+
+def tag_names(tags_json: str) -> list[str]:
+    """Unique tag texts of a row, best score first."""
+    return list(best_tag_scores(tags_json))
 
 
 class DetectStep(ModelStep):
