@@ -30,7 +30,7 @@ from grand.config import load_config  # noqa: E402
 from grand.io.sources import plan_shards  # noqa: E402
 from grand.runtime import stages  # noqa: E402
 from grand.runtime.pipeline import (  # noqa: E402
-    RunOptions, _resolve_checkpoint, assemble_level1, model_steps, provenance, run_level1, step_plan,
+    RunOptions, _resolve_checkpoint, assemble_level1, model_steps, provenance, run_pipeline, step_plan,
 )
 
 
@@ -132,7 +132,7 @@ def main() -> None:
             times = {}
             for name, count in (("small", n), ("large", n2)):
                 t0 = time.perf_counter()
-                summary = run_level1(cfg, RunOptions(input=str(work / name), output=str(work / f"out-{name}")))
+                summary = run_pipeline(cfg, RunOptions(input=str(work / name), output=str(work / f"out-{name}")))
                 times[name] = time.perf_counter() - t0
                 assert summary.images == count, (summary.images, count)
         assert n_loop == n

@@ -26,8 +26,8 @@ def test_missing_input_exits_2(tmp_path, capsys):
 
 def test_unimplemented_levels_are_refused(tmp_path, capsys):
     rc = main(["run", str(ROOT / "pipelines" / "tiny.yaml"), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
-               "--levels", "1,2"])
-    assert rc == 2 and "only level 1" in capsys.readouterr().err
+               "--levels", "1,3"])
+    assert rc == 2 and "levels 1 and 2 exist" in capsys.readouterr().err
 
 
 def test_set_override_is_validated(tmp_path, capsys):

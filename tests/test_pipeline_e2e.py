@@ -26,7 +26,7 @@ from grand.config import load_config
 from grand.core.rle import decode_mask, mask_iou
 from grand.io.output import OutputDir
 from grand.io.status import output_status
-from grand.runtime.pipeline import RunOptions, run_level1
+from grand.runtime.pipeline import RunOptions, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
     folder, expected = _input_folder(tmp_path)
     out = tmp_path / "out"
     cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 5}})
-    summary = run_level1(cfg, RunOptions(input=str(folder), output=str(out)))
+    summary = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out)))
 
     rows = _rows(out)
     ids = [r["image_id"] for r in rows]
@@ -81,14 +81,14 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
 
     # The same command again commits nothing and changes nothing.
     before = {p.name: p.read_bytes() for p in (out / "level1").iterdir()}
-    again = run_level1(cfg, RunOptions(input=str(folder), output=str(out)))
+    again = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out)))
     assert again.shards_committed == [] and again.shards_skipped == st["shards"]
     assert {p.name: p.read_bytes() for p in (out / "level1").iterdir()} == before
 
     # --force redoes a committed shard (here: one) with the same rows: the models are deterministic
     # (up to float noise: Ray groups the images into other batches this time).
     first = sorted(before)[0]
-    redo = run_level1(cfg, RunOptions(input=str(folder), output=str(out), force=True, max_shards=1))
+    redo = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out), force=True, max_shards=1))
     assert redo.shards_committed == [first[: -len(".parquet")]]
     old_rows = pq.read_table(pa.BufferReader(before[first])).to_pylist()
     assert_rows_match(pq.read_table(out / "level1" / first).to_pylist(), old_rows)
@@ -126,7 +126,7 @@ def test_output_folder_refuses_another_input(ray_session, tmp_path):
 
     save_plan(OutputDir(str(out)), str(folder.resolve()), plan_shards(str(folder), cfg.input))
     with pytest.raises(PlanMismatchError, match="planned for input"):
-        run_level1(cfg, RunOptions(input=str(other), output=str(out)))
+        run_pipeline(cfg, RunOptions(input=str(other), output=str(out)))
 
 
 # -- crash and resume ---------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(ray_session, t
     images = TINYCOCO / "images"
 
     reference = tmp_path / "reference"
-    run_level1(load_config(config), RunOptions(input=str(images), output=str(reference)))
+    run_pipeline(load_config(config), RunOptions(input=str(images), output=str(reference)))
 
     out = tmp_path / "killed"
     ray_tmp = tempfile.mkdtemp(prefix="grk-", dir="/tmp")

@@ -12,7 +12,7 @@ from grand.config import parse_config
 from grand.core.voting import vote_detections
 from grand.io.images import open_rgb, prepare_image
 from grand.models.registry import build_model
-from grand.runtime.pipeline import RunOptions, run_level1
+from grand.runtime.pipeline import RunOptions, run_pipeline
 
 pytestmark = [pytest.mark.slow, needs_shared]
 
@@ -33,7 +33,7 @@ def _yolox_config():
 
 def test_pipeline_reproduces_standalone_yolox_predictions(ray_session, tmp_path):
     cfg = _yolox_config()
-    summary = run_level1(cfg, RunOptions(input=str(TINYCOCO / "images"), output=str(tmp_path / "out")))
+    summary = run_pipeline(cfg, RunOptions(input=str(TINYCOCO / "images"), output=str(tmp_path / "out")))
     assert summary.images == 32 and summary.errors == 0
     rows = {r["image_id"]: r for r in pads.dataset(str(tmp_path / "out" / "level1")).to_table().to_pylist()}
     assert len(rows) == 32

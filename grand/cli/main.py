@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the pipeline over every shard of INPUT not yet committed in OUTPUT. "
                                      "Re-running the same command skips committed shards.")
     run.add_argument("config", help="pipeline YAML, e.g. pipelines/tiny.yaml")
-    run.add_argument("--input", "-i", required=True,
-                     help="image folder (recursive), SA-1B style .tar file(s), or Parquet file(s)/folder")
+    run.add_argument("--input", "-i", default=None,
+                     help="image folder (recursive), SA-1B style .tar file(s), or Parquet file(s)/folder; "
+                          "needed on the first run of an output folder, later runs reuse its input")
     run.add_argument("--output", "-o", required=True, help="output folder (local path or fsspec URI)")
-    run.add_argument("--levels", default="1", help="levels to run (only 1 exists so far)")
+    run.add_argument("--levels", default="1",
+                     help="comma-separated levels: 1 (objects, masks, depth, attributes), 2 (captions, landmark, "
+                          "grounded phrases). '2' alone runs over the folder's committed level-1 shards (default: 1)")
     run.add_argument("--force", action="store_true", help="redo shards that are already committed")
     run.add_argument("--address", default=None,
                      help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)")
@@ -111,14 +114,12 @@ def _overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from grand.config import load_config
-    from grand.runtime.pipeline import RunOptions, run_level1
+    from grand.runtime.pipeline import RunOptions, parse_levels, run_pipeline
 
-    levels = sorted({int(x) for x in str(args.levels).split(",") if x.strip()})
-    if levels != [1]:
-        raise ValueError(f"--levels {args.levels}: only level 1 is implemented so far")
+    levels = parse_levels(args.levels)
     cfg = load_config(args.config, _overrides(args))
-    summary = run_level1(cfg, RunOptions(
-        input=args.input, output=args.output, force=args.force, address=args.address,
+    summary = run_pipeline(cfg, RunOptions(
+        input=args.input, output=args.output, levels=levels, force=args.force, address=args.address,
         max_shards=args.max_shards, check_resources=not args.no_resource_check, fault_rate=args.fault_rate,
     ))
     print(summary.text())
@@ -183,7 +184,7 @@ def cmd_models_list(args) -> int:
 def cmd_demo(args) -> int:
     from grand.config import load_config
     from grand.cli.demo import show_example, write_sample_images
-    from grand.runtime.pipeline import RunOptions, run_level1
+    from grand.runtime.pipeline import RunOptions, run_pipeline
 
     out = Path(args.output)
     images = write_sample_images(out / "images")
@@ -191,7 +192,7 @@ def cmd_demo(args) -> int:
     if not Path(config).is_file():
         config = "pipelines/tiny.yaml"
     cfg = load_config(config)
-    summary = run_level1(cfg, RunOptions(input=str(images), output=str(out / "results")))
+    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(out / "results")))
     print(summary.text())
     print(show_example(str(out / "results")))
     print(f"\nresults: {out / 'results'}/level1/*.parquet   (inspect: grand status {out / 'results'})")

@@ -7,7 +7,7 @@ from collections import Counter
 from grand.io.manifest import Manifest, load_plan
 from grand.io.output import OutputDir
 
-LEVELS = (1,)
+LEVELS = (1, 2)
 
 
 def output_status(uri: str) -> dict:
@@ -25,6 +25,8 @@ def output_status(uri: str) -> dict:
     st = {"output": out.uri, "input": input_uri, "levels": {}, "shards": []}
     for level in LEVELS:
         committed = out.committed_shards(level)
+        if level > 1 and not committed and not any(manifest.shard_entry(level, s.name) for s in shards):
+            continue  # a level never run in this folder is not "pending"
         done = pending = failed = images_done = errors = 0
         reasons: Counter = Counter()
         failed_shards = {}

@@ -1,7 +1,12 @@
-"""Where the level-1 steps run: one streaming Ray Data pipeline over every pending shard.
+"""Where the steps run: one streaming Ray Data pipeline per pass over the pending shards.
 
     planned shards -> read (tasks) -> decode/validate (tasks) -> taggers -> detectors (actor pools)
-      -> vote (tasks) -> segmenter -> depth (actor pools) -> assemble (tasks) -> driver: ShardSink
+      -> vote (tasks) -> segmenter -> depth -> label choice -> attributes (actor pools)
+      -> assemble level 1 (tasks) -> captioners -> phrases -> phrase grounding -> segmenter (actors)
+      -> assemble level 2 (tasks) -> driver: one ShardSink per level
+
+Level 2 alone (`--levels 2`, or `--levels 1,2` over shards whose level 1 is already committed)
+starts from the committed level-1 shard joined with the re-read images.
 
 Each model step is an actor pool (`map_batches` with a callable class and ActorPoolStrategy);
 CPU steps are tasks with fractional CPUs so that reads and writes always find a slot, even on a
@@ -25,7 +30,7 @@ from grand.config import ConfigError, ModelSpec, PipelineConfig
 from grand.io.manifest import Manifest, PlanMismatchError, load_plan, save_plan
 from grand.io.output import OutputDir
 from grand.io.sink import ShardSink, error_reason, shard_counts
-from grand.schema import LEVEL1_SCHEMA, DepthStats, Level1Row, ModelProvenance, ObjectRecord
+from grand.schema import LEVEL1_SCHEMA, LEVEL2_SCHEMA, DepthStats, Level1Row, ModelProvenance, ObjectRecord
 from grand.runtime import stages
 
 log = logging.getLogger("grand.run")
@@ -37,8 +42,9 @@ class RunError(RuntimeError):
 
 @dataclass
 class RunOptions:
-    input: str
+    input: str | None  # None: the input this output folder was planned for
     output: str
+    levels: tuple[int, ...] | str = (1,)
     force: bool = False
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     max_shards: int | None = None  # process at most this many pending shards (smoke tests)
@@ -53,7 +59,8 @@ class RunSummary:
     output: str
     shards_total: int
     shards_skipped: int
-    shards_committed: list[str] = field(default_factory=list)
+    shards_committed: list[str] = field(default_factory=list)  # at the last level of their pass
+    levels: list[int] = field(default_factory=lambda: [1])
     images: int = 0
     ok: int = 0
     errors: int = 0
@@ -68,7 +75,7 @@ class RunSummary:
 
     def text(self) -> str:
         lines = [
-            f"output: {self.output}",
+            f"output: {self.output} (level{'s' if len(self.levels) > 1 else ''} {','.join(map(str, self.levels))})",
             f"shards: {len(self.shards_committed)} committed this run, {self.shards_skipped} already done, "
             f"{self.shards_total} planned",
             f"images: {self.images} processed ({self.ok} ok, {self.errors} errors) in {self.seconds:.1f}s "
@@ -86,12 +93,17 @@ def _normalise_input(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
-def plan_output(cfg: PipelineConfig, out: OutputDir, input_uri: str):
-    """The shard plan of this output folder: made on the first run, reused afterwards."""
+def plan_output(cfg: PipelineConfig, out: OutputDir, input_uri: str | None):
+    """The shard plan of this output folder: made on the first run, reused afterwards (input None:
+    whatever input the folder was planned for)."""
     from grand.io.sources import plan_shards
 
-    input_uri = _normalise_input(input_uri)
     existing = load_plan(out)
+    if input_uri is None:
+        if existing is None:
+            raise PlanMismatchError(f"{out.uri} has no runs yet: give --input for the first run")
+        return existing[1]
+    input_uri = _normalise_input(input_uri)
     if existing is not None:
         planned_input, shards = existing
         if planned_input != input_uri:
@@ -105,40 +117,56 @@ def plan_output(cfg: PipelineConfig, out: OutputDir, input_uri: str):
     return shards
 
 
-def provenance(cfg: PipelineConfig) -> list[dict]:
-    out = []
-    for role, specs in (
-        ("tagger", cfg.level1.taggers),
-        ("detector", cfg.level1.detectors),
-        ("segmenter", [cfg.level1.segmenter] if cfg.level1.segmenter else []),
-        ("depth", [cfg.level1.depth] if cfg.level1.depth else []),
-    ):
-        for s in specs:
-            out.append(dataclasses.asdict(ModelProvenance(role, s.name, s.backend, s.checkpoint)))
-    return out
+def provenance(cfg: PipelineConfig, level: int = 1) -> list[dict]:
+    """The models behind one level's records (role, name, backend, checkpoint)."""
+    if level == 1:
+        specs = [(role, spec) for role, spec in step_plan(cfg) if spec is not None]
+    else:
+        specs = [(role, spec) for role, spec in level2_plan(cfg) if spec is not None and role != "segmenter"]
+    return [dataclasses.asdict(ModelProvenance(role, s.name, s.backend, s.checkpoint)) for role, s in specs]
 
 
 def step_plan(cfg: PipelineConfig) -> list[tuple[str, ModelSpec | None]]:
-    """The level-1 steps in order: taggers, detectors, vote (CPU, no model), segmenter, depth."""
+    """The level-1 steps in order: taggers, detectors, vote (CPU, no model), segmenter, depth,
+    final-label choice, attributes."""
     l1 = cfg.level1
     plan: list[tuple[str, ModelSpec | None]] = [("tagger", t) for t in l1.taggers]
     plan += [("detector", d) for d in l1.detectors] + [("vote", None)]
     plan += [("segmenter", l1.segmenter)] if l1.segmenter else []
     plan += [("depth", l1.depth)] if l1.depth else []
+    plan += [("label_choice", l1.label_choice)] if l1.label_choice else []
+    plan += [("attributes", l1.attributes)] if l1.attributes else []
     return plan
 
 
-def model_steps(cfg: PipelineConfig) -> list[tuple[str, ModelSpec]]:
-    """(role, spec) of each actor-pool step in pipeline order."""
-    return [(role, spec) for role, spec in step_plan(cfg) if spec is not None]
+def level2_plan(cfg: PipelineConfig) -> list[tuple[str, ModelSpec | None]]:
+    """The level-2 steps in order: captioners (+ landmark), phrases (CPU actor), phrase grounding,
+    then the level-1 segmenter again for the objects grounding added (it skips masked ones)."""
+    l2 = cfg.level2
+    if l2 is None:
+        return []
+    plan: list[tuple[str, ModelSpec | None]] = [("captioner", c) for c in l2.captioners] + [("phrases", None)]
+    if l2.grounding:
+        plan.append(("phrase_grounder", l2.grounding))
+        if cfg.level1.segmenter:
+            plan.append(("segmenter", cfg.level1.segmenter))
+    return plan
 
 
-def check_cluster_resources(cfg: PipelineConfig, cluster: dict) -> None:
+def model_steps(cfg: PipelineConfig, levels: tuple[int, ...] = (1,)) -> list[tuple[str, ModelSpec]]:
+    """(role, spec) of each actor-pool step of `levels`, in pipeline order."""
+    plan = (step_plan(cfg) if 1 in levels else []) + (level2_plan(cfg) if 2 in levels else [])
+    return [(role, spec) for role, spec in plan if spec is not None]
+
+
+def check_cluster_resources(cfg: PipelineConfig, cluster: dict, levels: tuple[int, ...] = (1,)) -> None:
     """Fail in seconds, naming the step, when the actor pools cannot all fit: Ray would wait forever."""
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     need_cpu = cfg.runtime.cpu_task_num_cpus  # at least one CPU task must always fit beside the pools
+    if 2 in levels:
+        need_cpu += cfg.runtime.cpu_task_num_cpus  # the spaCy phrase actor
     need_gpu = 0.0
-    for role, spec in model_steps(cfg):
+    for role, spec in model_steps(cfg, levels):
         r = spec.resources
         if r.num_gpus > 0 and gpus < r.num_gpus:
             raise ConfigError(
@@ -170,7 +198,7 @@ def _resolve_checkpoint(spec: ModelSpec, base_dir: Path) -> ModelSpec:
 
 
 def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
-    """Last CPU step: one complete output record per row (JSON, typed by the sink)."""
+    """One complete level-1 record per row (JSON, typed by the sink), in column `record_l1`."""
     records = []
     n = len(batch["image_id"])
     for i in range(n):
@@ -196,36 +224,51 @@ def assemble_level1(batch: dict, provenance_rows: list[dict]) -> dict:
             provenance=[ModelProvenance(**p) for p in provenance_rows],
         )
         records.append(json.dumps(dataclasses.asdict(row)))
-    step_seconds = list(batch["step_seconds"]) if "step_seconds" in batch else ["{}"] * n
-    return {"shard": list(batch["shard"]), "index": list(batch["index"]), "record": records, "step_seconds": step_seconds}
+    out = {k: list(v) for k, v in batch.items()}
+    out["record_l1"] = records
+    out.setdefault("step_seconds", ["{}"] * n)
+    return out
 
 
-def resolve_checkpoints(cfg: PipelineConfig) -> dict[str, ModelSpec]:
+def resolve_checkpoints(cfg: PipelineConfig, levels: tuple[int, ...] = (1,)) -> dict[str, ModelSpec]:
     """Model name -> spec with its checkpoint resolved (see _resolve_checkpoint)."""
-    return {spec.name: _resolve_checkpoint(spec, cfg.base_dir) for _, spec in model_steps(cfg)}
+    return {spec.name: _resolve_checkpoint(spec, cfg.base_dir) for _, spec in model_steps(cfg, levels)}
 
 
-def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved: dict | None = None):
-    """The lazy Ray Data pipeline over `shards` (nothing runs until it is iterated)."""
+def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved: dict | None = None,
+                  levels: tuple[int, ...] = (1,), output_uri: str | None = None):
+    """The lazy Ray Data pipeline over `shards` computing `levels` (nothing runs until it is
+    iterated). Levels start at 1, or at 2 over the committed level-1 shards in `output_uri`.
+    Rows come out with columns shard, index, step_seconds and record_l<N> per level."""
     import ray.data
 
-    resolved = resolved or resolve_checkpoints(cfg)
+    from grand.runtime import level2_stages
 
+    resolved = resolved or resolve_checkpoints(cfg, levels)
     cpu = cfg.runtime.cpu_task_num_cpus
     base_dir = str(cfg.base_dir)
     items = [{"shard_spec": json.dumps(s.to_dict())} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(stages.read_shard_rows, fn_kwargs={"input_cfg": cfg.input}, num_cpus=cpu)
+    if 1 in levels:
+        ds = ds.flat_map(stages.read_shard_rows, fn_kwargs={"input_cfg": cfg.input}, num_cpus=cpu)
+    else:
+        if output_uri is None:
+            raise ValueError("a level-2-only pipeline reads level 1 from output_uri")
+        ds = ds.flat_map(level2_stages.read_level1_rows,
+                         fn_kwargs={"input_cfg": cfg.input, "output_uri": output_uri}, num_cpus=cpu)
     ds = ds.map_batches(
         stages.prepare_images, fn_kwargs={"max_pixels": cfg.input.max_image_pixels},
         batch_size=16, batch_format="numpy", num_cpus=cpu,
     )
 
+    def cpu_step(ds, fn, **kwargs):
+        return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=64, batch_format="numpy", num_cpus=cpu)
+
     def model_step(ds, role: str, spec: ModelSpec):
         r = spec.resources
         # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
         return ds.map_batches(
-            stages.STEP_FOR_ROLE[role],
+            STEP_CLASSES[role],
             fn_constructor_kwargs={"spec": resolved[spec.name], "base_dir": base_dir, "fault_rate": fault_rate},
             compute=ray.data.ActorPoolStrategy(size=r.pool_size),
             batch_size=spec.batch_size, batch_format="numpy",
@@ -233,19 +276,37 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
             memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
         )
 
-    for role, spec in step_plan(cfg):
-        if role == "vote":
-            ds = ds.map_batches(
-                stages.vote, fn_kwargs={"detectors": cfg.level1.detectors, "voting": cfg.level1.voting},
-                batch_size=64, batch_format="numpy", num_cpus=cpu,
-            )
-        else:
-            ds = model_step(ds, role, spec)
-    ds = ds.map_batches(
-        assemble_level1, fn_kwargs={"provenance_rows": provenance(cfg)},
-        batch_size=64, batch_format="numpy", num_cpus=cpu,
-    )
-    return ds
+    if 1 in levels:
+        for role, spec in step_plan(cfg):
+            if role == "vote":
+                ds = cpu_step(ds, stages.vote, detectors=cfg.level1.detectors, voting=cfg.level1.voting)
+            else:
+                ds = model_step(ds, role, spec)
+        ds = cpu_step(ds, assemble_level1, provenance_rows=provenance(cfg, 1))
+    if 2 in levels:
+        captioners = [c.name for c in cfg.level2.captioners]
+        for role, spec in level2_plan(cfg):
+            if role == "phrases":
+                # spaCy loads once per actor; a CPU fraction like the other CPU steps
+                ds = ds.map_batches(
+                    level2_stages.PhraseStep,
+                    fn_constructor_kwargs={"phrases": cfg.level2.phrases, "captioners": captioners},
+                    compute=ray.data.ActorPoolStrategy(size=1), batch_size=64, batch_format="numpy", num_cpus=cpu,
+                )
+            else:
+                ds = model_step(ds, role, spec)
+        ds = cpu_step(ds, level2_stages.assemble_level2, captioners=captioners, provenance_rows=provenance(cfg, 2))
+    return ds.select_columns(["shard", "index", "step_seconds", *(f"record_l{lv}" for lv in levels)])
+
+
+def _step_classes() -> dict:
+    from grand.runtime import level2_stages
+
+    return {**stages.STEP_FOR_ROLE, "captioner": level2_stages.CaptionStep,
+            "phrase_grounder": level2_stages.PhraseGroundStep}
+
+
+STEP_CLASSES = _step_classes()
 
 
 def init_ray(address: str | None) -> None:
@@ -258,7 +319,8 @@ def init_ray(address: str | None) -> None:
 
 
 class _Progress:
-    def __init__(self, total_images: int, total_shards: int, interval: float, stream=sys.stderr):
+    def __init__(self, label: str, total_images: int, total_shards: int, interval: float, stream=sys.stderr):
+        self.label = label
         self.total_images, self.total_shards, self.interval = total_images, total_shards, interval
         self.images = self.errors = self.shards = 0
         self.start = self.last = time.monotonic()
@@ -285,7 +347,7 @@ class _Progress:
         elapsed = self.last - self.start
         rate = self.images / elapsed if elapsed > 0 else 0.0
         print(
-            f"[grand] level1: shards {self.shards}/{self.total_shards} committed | images "
+            f"[grand] {self.label}: shards {self.shards}/{self.total_shards} committed | images "
             f"{self.images}/{self.total_images} | {rate:.2f} images/s | errors {self.errors} | {elapsed:.0f}s",
             file=self.stream, flush=True,
         )
@@ -294,104 +356,182 @@ class _Progress:
             print(f"[grand]   per-actor images/s: {steps}", file=self.stream, flush=True)
 
 
-def run_level1(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
-    """Run level 1 over every shard of the input not yet committed in the output folder."""
+def parse_levels(text: str | tuple | list) -> tuple[int, ...]:
+    """`--levels` value -> sorted levels; a level needs the ones before it (present or on disk)."""
+    try:
+        levels = tuple(sorted({int(x) for x in (text.split(",") if isinstance(text, str) else text) if str(x).strip()}))
+    except ValueError:
+        raise ConfigError(f"--levels {text!r}: expected comma-separated level numbers such as 1 or 1,2") from None
+    if not levels or not set(levels) <= {1, 2}:
+        raise ConfigError(f"--levels {text!r}: levels 1 and 2 exist so far (levels 3-4 are not built yet)")
+    return levels
+
+
+@dataclass
+class _Pass:
+    """One Ray Data pipeline of a run: `levels` computed over `shards` (level 2 alone reads level 1)."""
+
+    levels: tuple[int, ...]
+    shards: list
+
+
+def plan_passes(levels: tuple[int, ...], shards, committed: dict[int, set[str]], force: bool) -> tuple[list[_Pass], list[str]]:
+    """Which shards each pass computes, and the shards level 2 must skip for lack of level 1.
+
+    Level 1 (and what follows it) is computed for shards without level 1 (all with --force); level 2
+    alone runs over the committed level-1 shards that lack level 2, so that level 1 is never redone
+    or rewritten for them."""
+    passes, missing = [], []
+    if 1 in levels:
+        passes.append(_Pass(levels, [s for s in shards if force or s.name not in committed[1]]))
+    if 2 in levels:
+        done_here = {s.name for p in passes for s in p.shards}
+        todo = [s for s in shards if s.name not in done_here and s.name in committed[1]
+                and (force or s.name not in committed[2])]
+        passes.append(_Pass((2,), todo))
+        if 1 not in levels:
+            missing = [s.name for s in shards if s.name not in committed[1]]
+    return [p for p in passes if p.shards], missing
+
+
+def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
+    """Run `opts.levels` over every shard of the input not yet committed at those levels."""
     start = time.monotonic()
+    levels = parse_levels(opts.levels)
+    if 2 in levels and cfg.level2 is None:
+        raise ConfigError("--levels includes 2 but the config has no level2 section (see pipelines/tiny.yaml)")
     out = OutputDir(opts.output)
     shards = plan_output(cfg, out, opts.input)
     manifest = Manifest.load(out)
-    committed = out.committed_shards(1)
-    _reconcile(manifest, out, committed)
-    pending = [s for s in shards if opts.force or s.name not in committed]
+    committed = {lv: out.committed_shards(lv) for lv in (1, 2)}
+    for lv in (1, 2):
+        _reconcile(manifest, out, committed[lv], lv)
+    passes, no_level1 = plan_passes(levels, shards, committed, opts.force)
+    if no_level1:
+        print(f"[grand] level2: {len(no_level1)} shards have no level-1 output yet and are skipped "
+              f"(run --levels 1,2 to do both): {', '.join(no_level1[:5])}{' ...' if len(no_level1) > 5 else ''}",
+              file=sys.stderr, flush=True)
     if opts.max_shards is not None:
-        pending = pending[: opts.max_shards]
-    summary = RunSummary(output=out.uri, shards_total=len(shards), shards_skipped=len(shards) - len(pending))
-    if not pending:
-        print(f"[grand] all {len(shards)} shards of {out.uri} are committed; nothing to do (--force redoes them)",
-              file=sys.stderr)
+        budget = opts.max_shards
+        for p in passes:
+            p.shards, budget = p.shards[:budget], max(0, budget - len(p.shards))
+        passes = [p for p in passes if p.shards]
+    n_pending = sum(len(p.shards) for p in passes)
+    summary = RunSummary(output=out.uri, shards_total=len(shards), shards_skipped=len(shards) - n_pending,
+                         levels=list(levels))
+    if not passes:
+        print(f"[grand] nothing to do: level(s) {','.join(map(str, levels))} of {out.uri} are committed for every "
+              "shard that can run (--force redoes them)", file=sys.stderr)
         return summary
 
-    resolved = resolve_checkpoints(cfg)  # fails fast on missing weights, before Ray starts
+    all_levels = tuple(sorted({lv for p in passes for lv in p.levels}))
+    resolved = resolve_checkpoints(cfg, all_levels)  # fails fast on missing weights, before Ray starts
     init_ray(opts.address)
     import ray
     from ray.data import DataContext
 
     if opts.check_resources:
-        check_cluster_resources(cfg, ray.cluster_resources())
+        for p in passes:
+            check_cluster_resources(cfg, ray.cluster_resources(), p.levels)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if opts.ray_progress_bars is None else opts.ray_progress_bars
 
     run = manifest.start_run({
-        "command": "run", "levels": [1], "input": _normalise_input(opts.input),
-        "config": json.loads(cfg.model_dump_json()), "models": provenance(cfg),
-        "versions": package_versions(), "shards": [s.name for s in pending],
+        "command": "run", "levels": list(levels), "input": load_plan(out)[0],
+        "config": json.loads(cfg.model_dump_json()), "models": {f"level{lv}": provenance(cfg, lv) for lv in all_levels},
+        "versions": package_versions(), "passes": [{"levels": list(p.levels), "shards": [s.name for s in p.shards]} for p in passes],
     })
     manifest.save()
-    sink = ShardSink(out, 1, LEVEL1_SCHEMA, {s.name: s.num_images for s in pending}, manifest)
-    total_images = sum(s.num_images for s in pending)
-    progress = _Progress(total_images, len(pending), opts.progress_interval_s)
     reasons: Counter = Counter()
-    print(f"[grand] level1: {len(pending)} shards ({total_images} images) to do, "
-          f"{summary.shards_skipped} already committed -> {out.uri}", file=sys.stderr, flush=True)
-    try:
-        ds = build_dataset(cfg, pending, opts.fault_rate, resolved)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if summary.first_row_s is None:
-                summary.first_row_s = time.monotonic() - start
-            for shard, index, record, times in zip(batch["shard"], batch["index"], batch["record"], batch["step_seconds"]):
-                rec = json.loads(record)
-                if not sink.add(str(shard), int(index), rec):
-                    continue  # a duplicate delivered by a retried task
-                progress.add_step_times(json.loads(times))
-                summary.images += 1
-                if rec["status"] == "ok":
-                    summary.ok += 1
-                else:
-                    summary.errors += 1
-                    reasons[error_reason(rec["error"] or "")] += 1
-            progress.update(summary.images, summary.errors, len(sink.committed))
-        missing = sink.incomplete()
-        if missing:
-            raise RunError(f"the pipeline ended with incomplete shards (rows received): {missing}")
-    except BaseException as err:
-        reason = f"{type(err).__name__}: {err}"
-        for s in pending:
-            if s.name not in sink.committed:
-                manifest.record_failure(1, s.name, reason[:2000])
-        manifest.finish_run(run, "failed", error=reason[:2000], committed=sink.committed)
-        manifest.save()
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise RunError(
-            f"level 1 stopped after committing {len(sink.committed)} of {len(pending)} shards: {reason}\n"
-            "Committed shards are kept; run the same command again to resume."
-        ) from err
-    if progress.last < time.monotonic() - 0.5:  # avoid repeating a line printed just now
-        progress.print()
-    summary.shards_committed = list(sink.committed)
+    step_rates: dict[str, float] = {}
+    for p in passes:
+        try:
+            _run_pass(cfg, out, manifest, p, opts, resolved, summary, reasons, step_rates, start)
+        except BaseException as err:
+            reason = f"{type(err).__name__}: {err}"
+            manifest.finish_run(run, "failed", error=reason[:2000], committed=summary.shards_committed)
+            manifest.save()
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise RunError(
+                f"level(s) {','.join(map(str, p.levels))} stopped after committing {len(summary.shards_committed)} "
+                f"shard files: {reason}\nCommitted shards are kept; run the same command again to resume."
+            ) from err
     summary.error_reasons = dict(reasons.most_common())
-    summary.step_images_per_s = {k: round(v, 3) for k, v in progress.step_rates().items()}
+    summary.step_images_per_s = {k: round(v, 3) for k, v in step_rates.items()}
     summary.seconds = time.monotonic() - start
-    manifest.finish_run(run, "succeeded", committed=sink.committed, images=summary.images, ok=summary.ok,
-                        errors=summary.errors, seconds=round(summary.seconds, 2), duplicates_dropped=sink.duplicates,
+    manifest.finish_run(run, "succeeded", committed=summary.shards_committed, images=summary.images, ok=summary.ok,
+                        errors=summary.errors, seconds=round(summary.seconds, 2),
                         step_images_per_s=summary.step_images_per_s)
     manifest.save()
     return summary
 
 
-def _reconcile(manifest: Manifest, out: OutputDir, committed: set[str]) -> None:
+def _run_pass(cfg, out, manifest, p: _Pass, opts, resolved, summary, reasons, step_rates, start) -> None:
+    """Stream one pass and commit each of its shards at every level it computes. A row counts as ok
+    when its last level is ok (level 2 carries level 1's error forward)."""
+    expected = {s.name: s.num_images for s in p.shards}
+    schemas = {1: LEVEL1_SCHEMA, 2: LEVEL2_SCHEMA}
+    sinks = {lv: ShardSink(out, lv, schemas[lv], expected, manifest) for lv in p.levels}
+    last = p.levels[-1]
+    label = "level" + ",".join(map(str, p.levels)) if len(p.levels) == 1 else "levels " + ",".join(map(str, p.levels))
+    total_images = sum(expected.values())
+    progress = _Progress(label, total_images, len(p.shards), opts.progress_interval_s)
+    images = errors = 0
+    print(f"[grand] {label}: {len(p.shards)} shards ({total_images} images) to do -> {out.uri}",
+          file=sys.stderr, flush=True)
+    try:
+        ds = build_dataset(cfg, p.shards, opts.fault_rate, resolved, p.levels, out.uri)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if summary.first_row_s is None:
+                summary.first_row_s = time.monotonic() - start
+            for k in range(len(batch["shard"])):
+                shard, index = str(batch["shard"][k]), int(batch["index"][k])
+                recs = {lv: json.loads(batch[f"record_l{lv}"][k]) for lv in p.levels}
+                # every level's sink gets the row; the first copy of a retried row wins
+                fresh = [sinks[lv].add(shard, index, recs[lv]) for lv in p.levels]
+                if not fresh[-1]:
+                    continue
+                progress.add_step_times(json.loads(batch["step_seconds"][k]))
+                images += 1
+                summary.images += 1
+                if recs[last]["status"] == "ok":
+                    summary.ok += 1
+                else:
+                    errors += 1
+                    summary.errors += 1
+                    reasons[error_reason(recs[last]["error"] or "")] += 1
+            progress.update(images, errors, len(sinks[last].committed))
+        missing = sinks[last].incomplete()
+        if missing:
+            raise RunError(f"the pipeline ended with incomplete shards (rows received): {missing}")
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}"
+        for lv in p.levels:
+            for s in p.shards:
+                if s.name not in sinks[lv].committed:
+                    manifest.record_failure(lv, s.name, reason[:2000])
+        raise
+    finally:
+        summary.shards_committed += sinks[last].committed
+    if progress.last < time.monotonic() - 0.5:  # avoid repeating a line printed just now
+        progress.print()
+    step_rates.update(progress.step_rates())
+
+
+def _reconcile(manifest: Manifest, out: OutputDir, committed: set[str], level: int = 1) -> None:
     """A crash between a shard's rename and the manifest update leaves a committed file without an
     entry: count it from the file itself so that status stays true."""
     import pyarrow.parquet as pq
 
     changed = False
     for shard in committed:
-        entry = manifest.shard_entry(1, shard)
+        entry = manifest.shard_entry(level, shard)
         if entry and entry.get("state") == "committed":
             continue
-        with out.fs.open(out.shard_path(1, shard), "rb") as f:
+        with out.fs.open(out.shard_path(level, shard), "rb") as f:
             table = pq.read_table(f, columns=["status", "error"])
-        manifest.record_commit(1, shard, **shard_counts(table["status"].to_pylist(), table["error"].to_pylist()))
+        manifest.record_commit(level, shard, **shard_counts(table["status"].to_pylist(), table["error"].to_pylist()))
         changed = True
     if changed:
         manifest.save()

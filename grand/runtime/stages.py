@@ -1,4 +1,4 @@
-"""Level-1 pipeline steps as Ray Data batch functions (what to do; grand.runtime.pipeline says where).
+"""Level-1 pipeline steps (and the shared step machinery) as Ray Data batch functions (what to do; grand.runtime.pipeline says where).
 
 Rows travel between steps with plain columns: ids, the prepared image bytes, `status`/`error`, and
 one JSON string column per result (`tags`, `det__<model>`, `objects`, ...). JSON keeps every block's
@@ -24,7 +24,17 @@ from typing import Iterator
 
 import numpy as np
 
-from grand.config import DepthSpec, DetectorSpec, InputSpec, ModelSpec, SegmenterSpec, TaggerSpec, VotingSpec
+from grand.config import (
+    AttributeSpec,
+    DepthSpec,
+    DetectorSpec,
+    InputSpec,
+    LabelChoiceSpec,
+    ModelSpec,
+    SegmenterSpec,
+    TaggerSpec,
+    VotingSpec,
+)
 from grand.core.detections import Detections
 
 log = logging.getLogger("grand.stages")
@@ -225,7 +235,9 @@ def _object_dict(object_id: int, obj) -> dict:
 
 
 class SegmentStep(ModelStep):
-    """Masks for objects: an SA-1B ground-truth mask when one matches the box, else the segmenter."""
+    """Masks for objects: an SA-1B ground-truth mask when one matches the box, else the segmenter.
+    Objects that already have a mask keep it, so the same step also masks, in level 2, just the
+    objects phrase grounding added."""
 
     role = "segmenter"
     spec: SegmenterSpec
@@ -240,7 +252,7 @@ class SegmentStep(ModelStep):
             objs = json.loads(batch["objects"][i])
             floats = json.loads(batch["floating_objects"][i])
             parsed[i] = (objs, floats)
-            targets = objs + (floats if self.spec.segment_floating else [])
+            targets = [o for o in objs + (floats if self.spec.segment_floating else []) if not o.get("segmentation")]
             gt = parse_sa1b_sidecar(batch["sidecar"][i]) if batch["sidecar"][i] else []
             if gt and targets:
                 boxes = np.array([o["bbox"] for o in targets], np.float32)
@@ -248,14 +260,16 @@ class SegmentStep(ModelStep):
                 for o, m in zip(targets, match):
                     if m >= 0:
                         o["segmentation"], o["segmentation_source"] = gt[m]["segmentation"], "sa1b_gt"
-            rest = [o for o in targets if "segmentation" not in o]
-            todo_rows.append(i)
-            todo_boxes.append(np.array([o["bbox"] for o in rest], np.float32).reshape(-1, 4))
-            todo_targets.append(rest)
-        masks = self.model.segment([images[i] for i in todo_rows], todo_boxes)
-        for i, rest, m in zip(todo_rows, todo_targets, masks):
-            for o, rle in zip(rest, encode_masks(np.asarray(m, dtype=bool)) if len(rest) else []):
+            rest = [o for o in targets if not o.get("segmentation")]
+            if rest:  # an image with nothing to mask never costs an image embedding
+                todo_rows.append(i)
+                todo_boxes.append(np.array([o["bbox"] for o in rest], np.float32).reshape(-1, 4))
+                todo_targets.append(rest)
+        masks = self.model.segment([images[i] for i in todo_rows], todo_boxes) if todo_rows else []
+        for rest, m in zip(todo_targets, masks):
+            for o, rle in zip(rest, encode_masks(np.asarray(m, dtype=bool))):
                 o["segmentation"], o["segmentation_source"] = rle, self.spec.name
+        for i in rows:
             objs, floats = parsed[i]
             batch["objects"][i], batch["floating_objects"][i] = json.dumps(objs), json.dumps(floats)
 
@@ -282,4 +296,71 @@ class DepthStep(ModelStep):
             batch["depth_stats"][i] = json.dumps(depth_stats(depth))
 
 
-STEP_FOR_ROLE = {"tagger": TagStep, "detector": DetectStep, "segmenter": SegmentStep, "depth": DepthStep}
+class LabelChoiceStep(ModelStep):
+    """Final label of objects with several candidate labels: the candidate whose text best matches
+    the object's crop (CLIP/SigLIP), as the reference does."""
+
+    role = "label_choice"
+    spec: LabelChoiceSpec
+
+    def run(self, batch, rows, images):
+        from grand.core.attributes import choose_label, crop_box, label_candidates
+
+        crops, candidates, owners = [], [], []
+        parsed = {i: {c: json.loads(batch[c][i]) for c in ("objects", "floating_objects")} for i in rows}
+        for i in rows:
+            img = images[i]
+            for objs in parsed[i].values():
+                for o in objs:
+                    cands = label_candidates(o)
+                    if len(cands) > 1:
+                        crops.append(img.crop(crop_box(o["bbox"], img.width, img.height, margin=0.0)))
+                        candidates.append(cands)
+                        owners.append(o)
+        if crops:
+            for o, cands, scores in zip(owners, candidates, self.model.score_labels(crops, candidates)):
+                o["label"] = choose_label(cands, scores)
+        for i in rows:
+            for c, objs in parsed[i].items():
+                batch[c][i] = json.dumps(objs)
+
+
+class AttributeStep(ModelStep):
+    """Short descriptions of large objects: a vision-language model answers a question about each
+    object's crop (the reference's GRiT / GPT4RoI region descriptions)."""
+
+    role = "attributes"
+    spec: AttributeSpec
+
+    def __init__(self, spec: AttributeSpec, base_dir: str | None = None, fault_rate: float = 0.0):
+        from grand.prompts import load_prompt
+
+        super().__init__(spec, base_dir, fault_rate)
+        self.prompt = load_prompt(spec.prompt_file, Path(base_dir) if base_dir else None)
+
+    def run(self, batch, rows, images):
+        from grand.core.attributes import clean_description, crop_box, objects_to_describe
+
+        s = self.spec
+        crops, owners = [], []
+        parsed = {i: {c: json.loads(batch[c][i]) for c in ("objects", "floating_objects")} for i in rows}
+        for i in rows:
+            img = images[i]
+            objs = parsed[i]["objects"] + (parsed[i]["floating_objects"] if s.include_floating else [])
+            for k in objects_to_describe(objs, img.width, img.height, s.min_area_fraction, s.max_objects):
+                crops.append(img.crop(crop_box(objs[k]["bbox"], img.width, img.height, s.context_margin)))
+                owners.append(objs[k])
+        if crops:
+            for o, text in zip(owners, self.model.generate(crops, [self.prompt] * len(crops))):
+                desc = clean_description(text)
+                if desc and desc not in o["attributes"]:
+                    o["attributes"] = [*o["attributes"], desc]
+        for i in rows:
+            for c, objs in parsed[i].items():
+                batch[c][i] = json.dumps(objs)
+
+
+STEP_FOR_ROLE = {
+    "tagger": TagStep, "detector": DetectStep, "segmenter": SegmentStep, "depth": DepthStep,
+    "label_choice": LabelChoiceStep, "attributes": AttributeStep,
+}

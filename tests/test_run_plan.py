@@ -1,0 +1,51 @@
+"""Which shards each pass of a run computes: level 1 is never redone for a shard that has it, and
+level 2 alone only runs where level 1 is committed."""
+
+from __future__ import annotations
+
+import pytest
+
+from grand.config import ConfigError
+from grand.io.sources import ShardSpec
+from grand.runtime.pipeline import parse_levels, plan_passes
+
+
+def _shards(n: int) -> list[ShardSpec]:
+    return [ShardSpec(name=f"s{k}", kind="folder", uri="/x", num_images=1, members=(f"{k}.jpg",)) for k in range(n)]
+
+
+def _names(p) -> list[str]:
+    return [s.name for s in p.shards]
+
+
+def test_parse_levels_accepts_lists_and_rejects_unknown_levels():
+    assert parse_levels("2,1") == (1, 2) and parse_levels("1") == (1,) and parse_levels([2]) == (2,)
+    for bad in ("", "3", "1,4", "x"):
+        with pytest.raises(ConfigError, match="--levels"):
+            parse_levels(bad)
+
+
+def test_levels_1_2_compute_both_where_level1_is_missing_and_only_level2_elsewhere():
+    shards = _shards(4)
+    committed = {1: {"s0", "s1"}, 2: {"s0"}}
+    passes, missing = plan_passes((1, 2), shards, committed, force=False)
+    assert [(p.levels, _names(p)) for p in passes] == [((1, 2), ["s2", "s3"]), ((2,), ["s1"])]
+    assert missing == []
+
+
+def test_force_redoes_everything_in_one_pass():
+    passes, _ = plan_passes((1, 2), _shards(3), {1: {"s0"}, 2: {"s0"}}, force=True)
+    assert [(p.levels, _names(p)) for p in passes] == [((1, 2), ["s0", "s1", "s2"])]
+
+
+def test_level2_alone_runs_over_committed_level1_and_reports_the_rest():
+    passes, missing = plan_passes((2,), _shards(3), {1: {"s0", "s2"}, 2: {"s2"}}, force=False)
+    assert [(p.levels, _names(p)) for p in passes] == [((2,), ["s0"])]
+    assert missing == ["s1"]
+    forced, _ = plan_passes((2,), _shards(3), {1: {"s0", "s2"}, 2: {"s2"}}, force=True)
+    assert [_names(p) for p in forced] == [["s0", "s2"]]
+
+
+def test_nothing_to_do_gives_no_passes():
+    passes, missing = plan_passes((1,), _shards(2), {1: {"s0", "s1"}, 2: set()}, force=False)
+    assert passes == [] and missing == []
