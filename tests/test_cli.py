@@ -57,15 +57,16 @@ def test_resource_check_names_the_step_and_resource():
     from grand.runtime.pipeline import check_cluster_resources
 
     gpu_cfg = load_config(ROOT / "pipelines" / "grand.yaml")
-    with pytest.raises(ConfigError, match=r"tagger 'clip' asks for num_gpus=0.1 .* has 0 GPUs"):
+    with pytest.raises(ConfigError, match=r"tagger 'clip' asks for num_gpus=0.05 .* has 0 GPUs"):
         check_cluster_resources(gpu_cfg, {"CPU": 64.0})
-    check_cluster_resources(gpu_cfg, {"CPU": 64.0, "GPU": 1.0})  # grand.yaml fills exactly one GPU
-    with pytest.raises(ConfigError, match=r"need 1.1 GPUs in total"):
-        check_cluster_resources(_with_pool(gpu_cfg, 2), {"CPU": 64.0, "GPU": 1.0})
+    both = (1, 2)
+    check_cluster_resources(gpu_cfg, {"CPU": 64.0, "GPU": 1.0}, both)  # levels 1-2 fill exactly one GPU
+    with pytest.raises(ConfigError, match=r"need 1.05 GPUs in total"):
+        check_cluster_resources(_with_pool(gpu_cfg, 2), {"CPU": 64.0, "GPU": 1.0}, both)
     tiny = load_config(ROOT / "pipelines" / "tiny.yaml")
-    check_cluster_resources(tiny, {"CPU": 2.0})  # fits a 2-CPU laptop
-    with pytest.raises(ConfigError, match=r"need 1.75 CPUs .* has 1"):
-        check_cluster_resources(tiny, {"CPU": 1.0})
+    check_cluster_resources(tiny, {"CPU": 2.0}, both)  # all 12 actor pools fit a 2-CPU laptop
+    with pytest.raises(ConfigError, match=r"need 1.7 CPUs .* has 1"):
+        check_cluster_resources(tiny, {"CPU": 1.0}, both)
 
 
 def _with_pool(cfg, pool_size: int):

@@ -68,7 +68,8 @@ class PhraseGrounder(Protocol):
 
     def ground(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detections]]:
         """phrases[i] are image i's phrases; returns per image, per phrase, the Detections of that
-        phrase alone (labels = the phrase), best score first, before any threshold."""
+        phrase alone (labels = the phrase), best score first. The adapter already applied the spec's
+        score_threshold, class-agnostic NMS among the phrase's boxes and max_boxes_per_phrase."""
         ...
 
 

@@ -25,6 +25,8 @@ TINY_ARCHS: dict[str, str] = {
     "sam": "grand.models.tiny.vision_models:build_sam",
     "depth-anything": "grand.models.tiny.vision_models:build_depth_anything",
     "siglip": "grand.models.tiny.text_models:build_siglip",
+    "blip2": "grand.models.tiny.vlm_models:build_blip2",
+    "llava": "grand.models.tiny.vlm_models:build_llava",
 }
 
 _DONE_MARKER = ".grand-tiny-complete"
