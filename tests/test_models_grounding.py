@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from sample_images import shapes_image
 from grand.config import LabelChoiceSpec, PhraseGroundingSpec
 from grand.core.detections import Detections
 from grand.core.geometry import box_iou, nms
@@ -27,17 +28,9 @@ PHRASES = ["a red box", "the green ball", "a person", "blue sky"]
 LONG_PHRASE = " ".join(["a traffic light next to the teddy bear"] * 60)  # ~500 tokens / 300 words
 
 
-def _synthetic(w: int = 320, h: int = 200) -> Image.Image:
-    im = Image.new("RGB", (w, h), (40, 90, 160))
-    draw = ImageDraw.Draw(im)
-    draw.rectangle([w * 0.1, h * 0.2, w * 0.45, h * 0.8], fill=(220, 40, 40))
-    draw.ellipse([w * 0.55, h * 0.1, w * 0.9, h * 0.6], fill=(30, 200, 60))
-    return im
-
-
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
-    out = [_synthetic(), _synthetic(200, 260)]
+    out = [shapes_image(), shapes_image(200, 260)]
     if REAL_IMAGE.is_file():
         out.append(Image.open(REAL_IMAGE).convert("RGB"))
     return out
@@ -140,7 +133,7 @@ def test_an_images_results_do_not_depend_on_its_batch_mates(images, arch):
     to its largest image, so it must batch only pairs of images of one size."""
     grounder = _all_boxes(arch)
     target = images[0]
-    same_size = _synthetic(*target.size).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    same_size = shapes_image(*target.size).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     alone = grounder.ground([target], [PHRASES[:2]])[0]
     mixed = grounder.ground(
         [images[1], target, same_size, images[-1]], [["dog"], PHRASES[:2], ["a cat", "a red box"], PHRASES]

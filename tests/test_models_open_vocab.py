@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from sample_images import shapes_image
 from grand.config import DetectorSpec, TaggerSpec
 from grand.core.detections import Detections
 from grand.models.base import Detector, Tagger
@@ -31,18 +32,9 @@ DETECTORS = ["grounding-dino", "owlv2"]
 QUERIES = ["person", "dog", "traffic light", "red box", "teddy bear"]
 
 
-def _synthetic(w: int = 320, h: int = 200) -> Image.Image:
-    """Flat shapes: resizing it changes little, so a deterministic model sees nearly the same input."""
-    im = Image.new("RGB", (w, h), (40, 90, 160))
-    draw = ImageDraw.Draw(im)
-    draw.rectangle([w * 0.1, h * 0.2, w * 0.45, h * 0.8], fill=(220, 40, 40))
-    draw.ellipse([w * 0.55, h * 0.1, w * 0.9, h * 0.6], fill=(30, 200, 60))
-    return im
-
-
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
-    out = [_synthetic()]
+    out = [shapes_image()]
     if TINYCOCO_IMAGES.is_dir():
         out += [Image.open(TINYCOCO_IMAGES / name).convert("RGB") for name in REAL_IMAGES]
     return out
@@ -136,7 +128,7 @@ def test_owlv2_padding_to_square_is_undone(tiny_dir):
     """OWLv2 pads images to a square (grey) before predicting; boxes of a wide image must match those
     of the same image padded by hand, so the padding does not leak into the coordinates."""
     det = _all_boxes(tiny_dir, "owlv2")
-    wide = _synthetic(320, 200)
+    wide = shapes_image(320, 200)
     square = Image.new("RGB", (320, 320), (128, 128, 128))
     square.paste(wide, (0, 0))
     a, b = det.detect([wide, square], [QUERIES, QUERIES])
@@ -280,7 +272,7 @@ def test_an_images_boxes_do_not_depend_on_its_batch_mates(tiny_dir, arch):
     """Ray batches differ between runs (a resumed run regroups images): results must not change.
     GroundingDINO pads a batch to its largest image, so it batches only images of one size."""
     detector = _all_boxes(tiny_dir, arch)
-    target, other = _synthetic(320, 200), _synthetic(500, 260)
+    target, other = shapes_image(320, 200), shapes_image(500, 260)
     queries = ["cat", "dog", "person"]
     alone = detector.detect([target], [queries])[0]
     mixed = detector.detect([other, target, other], [["car"], queries, queries])[1]

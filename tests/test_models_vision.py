@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sample_images import odd_images
 from grand.config import DepthSpec, DetectorSpec, SegmenterSpec
 from grand.core.detections import Detections
 from grand.models.base import DepthEstimator, Detector, Segmenter
@@ -29,19 +30,9 @@ YOLOX_DIR = SHARED / "weights" / "yolox_nano"
 REAL_IMAGES = ["000000397133.jpg", "000000037777.jpg", "000000006818.jpg", "000000480985.jpg"]
 
 
-def _synthetic_images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)),  # the usual 640x480
-        Image.new("RGB", (37, 211), (20, 200, 90)),  # tall and narrow, odd sizes
-        Image.fromarray(rng.integers(0, 256, (64, 300), dtype=np.uint8), mode="L"),  # grayscale
-        Image.new("RGBA", (120, 90), (255, 0, 0, 128)),  # alpha channel
-    ]
-
-
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
-    out = _synthetic_images()
+    out = odd_images()
     if (TINYCOCO / "images").is_dir():
         out = [Image.open(TINYCOCO / "images" / name).convert("RGB") for name in REAL_IMAGES] + out
     return out

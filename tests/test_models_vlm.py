@@ -16,6 +16,7 @@ from grand.models.base import VisionLanguageModel
 from grand.models.hf_vlm import HFVisionLanguageModel
 from grand.models.registry import build_model
 from grand.models.tiny import ensure_tiny
+from sample_images import odd_images
 
 ARCHS = ["blip2", "llava"]
 PROMPTS = ["Describe the image.", "What is this?", "", "Give a short description of this region in a few words.", "Where?"]
@@ -23,14 +24,8 @@ PROMPTS = ["Describe the image.", "What is this?", "", "Give a short description
 
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)),  # the usual 640x480
-        Image.new("RGB", (37, 211), (20, 200, 90)),  # tall and narrow, odd sizes
-        Image.fromarray(rng.integers(0, 256, (64, 300), dtype=np.uint8), mode="L"),  # grayscale
-        Image.new("RGBA", (120, 90), (255, 0, 0, 128)),  # alpha channel
-        Image.fromarray(rng.integers(0, 256, (200, 1000, 3), dtype=np.uint8)),  # 5:1 panorama
-    ]
+    panorama = np.random.default_rng(1).integers(0, 256, (200, 1000, 3), dtype=np.uint8)
+    return [*odd_images(), Image.fromarray(panorama)]  # + a 5:1 panorama
 
 
 def _spec(arch: str, **kwargs) -> CaptionerSpec:

@@ -28,6 +28,10 @@ def show_example(output: str) -> str:
 
     table = pads.dataset(str(Path(output) / "level1"), format="parquet").to_table()
     rows = table.to_pylist()
+    level2_dir = Path(output) / "level2"
+    level2 = {}
+    if level2_dir.is_dir():
+        level2 = {r["image_id"]: r for r in pads.dataset(str(level2_dir), format="parquet").to_table().to_pylist()}
     lines = ["", "example rows:"]
     for row in rows:
         if row["status"] != "ok":
@@ -41,8 +45,17 @@ def show_example(output: str) -> str:
             seg = obj["segmentation"]
             lines.append(
                 f"      id={obj['id']} label={obj['label']!r} models={obj['models']} bbox={[round(v) for v in obj['bbox']]} "
-                f"depth={obj['depth']} mask={seg['size'] if seg else None} ({obj['segmentation_source']})"
+                f"depth={obj['depth']} mask={seg['size'] if seg else None} ({obj['segmentation_source']}) "
+                f"attributes={obj['attributes'][:1]}"
             )
+        l2 = level2.get(row["image_id"])
+        if l2 is not None and l2["status"] == "ok":
+            for cap in l2["short_captions"]:
+                spans = [(d["phrase"][:30], d["tokens_positive"], d["ids"]) for d in cap["details"][:2]]
+                lines.append(f"      {cap['model']} caption: {cap['caption'][:60]!r} phrases={spans}")
+            lm = l2["landmark"] or {}
+            lines.append(f"      landmark: {lm.get('category')} / {lm.get('fine_category')}, "
+                         f"{len(l2['relationships'])} relationships")
     lines.append("(tiny.yaml uses random-weight models: the pipeline is real, the predictions are noise;"
                  " pipelines/grand.yaml has the real checkpoints)")
     return "\n".join(lines)

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 EXAMPLES = """examples:
-  grand run pipelines/tiny.yaml --input photos/ --output out/       # local Ray, tiny CPU models
+  grand run pipelines/tiny.yaml --input photos/ --output out/       # level 1, local Ray, tiny CPU models
+  grand run pipelines/tiny.yaml --output out/ --levels 2             # add level 2 to that folder
+  grand run pipelines/tiny.yaml --input photos/ --output out2/ --levels 1,2
   grand run pipelines/grand.yaml --input s3://bucket/sa1b/ --output s3://bucket/grand/ --address auto
   grand status out/
   grand models make-tiny ~/.cache/grand/tiny
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = msub.add_parser("list", help="list adapters and tiny architectures")
     lst.set_defaults(func=cmd_models_list)
 
-    demo = sub.add_parser("demo", help="run pipelines/tiny.yaml on a few sample photos and show the result")
+    demo = sub.add_parser("demo", help="run levels 1-2 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
     demo.set_defaults(func=cmd_demo)
@@ -170,11 +172,15 @@ def cmd_models_list(args) -> int:
     from grand.models.tiny import TINY_ARCHS
 
     print("adapters (config `backend` / role):")
-    print("  tagger     transformers  CLIP / SigLIP zero-shot over a concept vocabulary")
-    print("  detector   transformers  queries: tags -> GroundingDINO, OWLv2, OWL-ViT; queries: none -> RT-DETR, DETR, ...")
-    print("  detector   onnx-yolox    YOLOX exported to ONNX (e.g. ../shared/weights/yolox_nano)")
-    print("  segmenter  transformers  SAM / SAM-HQ with box prompts")
-    print("  depth      transformers  Depth Anything / DPT")
+    print("  tagger          transformers  CLIP / SigLIP zero-shot over a concept vocabulary")
+    print("  detector        transformers  queries: tags -> GroundingDINO, OWLv2, OWL-ViT; queries: none -> RT-DETR, DETR, ...")
+    print("  detector        onnx-yolox    YOLOX exported to ONNX (e.g. ../shared/weights/yolox_nano)")
+    print("  segmenter       transformers  SAM / SAM-HQ with box prompts")
+    print("  depth           transformers  Depth Anything / DPT")
+    print("  label_choice    transformers  CLIP / SigLIP: an object's final label from its crop")
+    print("  attributes      transformers  BLIP-2 / LLaVA-1.5 describing object crops")
+    print("  captioner       transformers  BLIP-2 / LLaVA-1.5 short captions (+ landmark questions)")
+    print("  phrase_grounder transformers  GroundingDINO, OWLv2 / OWL-ViT, one query per phrase")
     print("tiny architectures (checkpoint: tiny:<arch>):")
     for arch in sorted(TINY_ARCHS):
         print(f"  {arch}")
@@ -192,10 +198,11 @@ def cmd_demo(args) -> int:
     if not Path(config).is_file():
         config = "pipelines/tiny.yaml"
     cfg = load_config(config)
-    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(out / "results")))
+    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(out / "results"), levels=(1, 2)))
     print(summary.text())
     print(show_example(str(out / "results")))
-    print(f"\nresults: {out / 'results'}/level1/*.parquet   (inspect: grand status {out / 'results'})")
+    print(f"\nresults: {out / 'results'}/level1/*.parquet and level2/*.parquet   "
+          f"(inspect: grand status {out / 'results'})")
     return 0
 
 
