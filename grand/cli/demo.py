@@ -41,11 +41,13 @@ def show_example(output: str) -> str:
             f"  {row['image_id']}: {row['width']}x{row['height']}, tags={row['tags'][:4]}, "
             f"{len(row['objects'])} objects, {len(row['floating_objects'])} floating"
         )
-        for obj in (row["objects"] + row["floating_objects"])[:2]:
+        # described objects first: attributes only go to the larger ones
+        shown = sorted(row["objects"] + row["floating_objects"], key=lambda o: not o["attributes"])[:2]
+        for obj in shown:
             seg = obj["segmentation"]
             lines.append(
                 f"      id={obj['id']} label={obj['label']!r} models={obj['models']} bbox={[round(v) for v in obj['bbox']]} "
-                f"depth={obj['depth']} mask={seg['size'] if seg else None} ({obj['segmentation_source']}) "
+                f"depth={'-' if obj['depth'] is None else format(obj['depth'], '.3g')} mask={seg['size'] if seg else None} ({obj['segmentation_source']}) "
                 f"attributes={obj['attributes'][:1]}"
             )
         l2 = level2.get(row["image_id"])
