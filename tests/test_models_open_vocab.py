@@ -37,6 +37,8 @@ def images() -> list[Image.Image]:
     out = [shapes_image()]
     if TINYCOCO_IMAGES.is_dir():
         out += [Image.open(TINYCOCO_IMAGES / name).convert("RGB") for name in REAL_IMAGES]
+    else:  # the same sizes without ../shared
+        out += [shapes_image(640, 427), shapes_image(427, 640), shapes_image(352, 230)]
     return out
 
 

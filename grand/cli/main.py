@@ -180,6 +180,7 @@ def cmd_models_list(args) -> int:
     print("  label_choice    transformers  CLIP / SigLIP: an object's final label from its crop")
     print("  attributes      transformers  BLIP-2 / LLaVA-1.5 describing object crops")
     print("  captioner       transformers  BLIP-2 / LLaVA-1.5 short captions (+ landmark questions)")
+    print("  captioner       vllm          LLaVA-1.5 on the vLLM engine (also for attributes; docs/install.md)")
     print("  phrase_grounder transformers  GroundingDINO, OWLv2 / OWL-ViT, one query per phrase")
     print("tiny architectures (checkpoint: tiny:<arch>):")
     for arch in sorted(TINY_ARCHS):

@@ -22,8 +22,18 @@ def build_model(spec: ModelSpec, base_dir: Path | None = None):
 
     Detectors: backend `onnx-yolox` -> YOLOX on ONNX Runtime; backend `transformers` with
     `queries: tags` -> zero-shot (GroundingDINO, OWLv2, OWL-ViT), otherwise closed-set
-    (RT-DETR, DETR, Deformable DETR, ...).
+    (RT-DETR, DETR, Deformable DETR, ...). Captioners and attributes: backend `vllm` -> vLLM's
+    engine, otherwise transformers `generate`.
     """
+    if spec.backend == "vllm":
+        if isinstance(spec, (CaptionerSpec, AttributeSpec)):
+            from grand.models.vllm_vlm import VllmVisionLanguageModel
+
+            return VllmVisionLanguageModel(spec, base_dir)
+        raise ValueError(
+            f"model '{spec.name}': backend 'vllm' runs only vision-language models (level-2 captioners, "
+            f"level-1 attributes), not a {type(spec).__name__}; use backend: transformers"
+        )
     if isinstance(spec, TaggerSpec):
         from grand.models.hf_tagger import HFZeroShotTagger
 

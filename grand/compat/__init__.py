@@ -1,0 +1,1 @@
+"""Environment shims. Nothing here changes behaviour where the installed packages work as intended."""
