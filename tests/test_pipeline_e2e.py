@@ -63,7 +63,8 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
             continue
         assert r["width"] > 0 and r["height"] > 0 and r["error"] is None
         assert len(r["tags"]) == len(r["tag_scores"]) > 0
-        assert {p["name"] for p in r["provenance"]} == {"clip", "rtdetr", "owlv2", "grounding_dino", "sam", "depth_anything"}
+        assert {p["name"] for p in r["provenance"]} == {
+            "clip", "rtdetr", "owlv2", "grounding_dino", "sam", "depth_anything", "clip_label", "llava_regions"}
         regions = r["objects"] + r["floating_objects"]
         assert len({o["id"] for o in regions}) == len(regions)
         for o in regions:
