@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import yaml
 
 from bad_inputs import write_bad_input_corpus
 from conftest import ROOT, TINYCOCO, YOLOX_DIR, needs_shared
+from kill_run import kill_after_commits
 from grand.config import load_config
 from grand.core.rle import decode_mask, mask_iou
 from grand.io.output import OutputDir
@@ -153,20 +153,8 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(ray_session, t
     ray_tmp = tempfile.mkdtemp(prefix="grk-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "grand.cli.main", "run", str(config), "--input", str(images), "--output", str(out)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     level1 = out / "level1"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if level1.is_dir() and len(list(level1.glob("*.parquet"))) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
-        proc.stderr.close()
-    committed_before = {p.name: p.read_bytes() for p in level1.glob("*.parquet")}
+    committed_before = kill_after_commits(cmd, env, level1, min_files=3, timeout_s=240)
     assert 3 <= len(committed_before) < 16  # killed midway
 
     st = output_status(str(out))["levels"]["level1"]

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -18,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINYCOCO
+from kill_run import kill_after_commits
 from grand.config import load_config
 from grand.core.rle import decode_mask
 from grand.io.status import output_status
@@ -145,20 +144,8 @@ def test_level2_resumes_after_sigkill(combined, tmp_path):
     llava_only = '[{name: llava, checkpoint: "tiny:llava", landmark: true, resources: {num_cpus: 0.1}}]'
     cmd = [sys.executable, "-m", "grand.cli.main", "run", str(TINY), "--output", str(out), "--levels", "2",
            "--set", f"level2.captioners={llava_only}", "--set", "level2.grounding=null"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     level2 = out / "level2"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if level2.is_dir() and len(list(level2.glob("*.parquet"))) >= 1:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
-    committed = {p.name: p.read_bytes() for p in level2.glob("*.parquet")}
+    committed = kill_after_commits(cmd, env, level2, min_files=1)
     assert 1 <= len(committed) < 6
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from grand.config import AttributeSpec, CaptionerSpec
-from grand.models.loading import adapter_options, load_pretrained, resolve_checkpoint, unavailable
+from grand.models.loading import adapter_options, checked_config, load_pretrained
 
 # config.model_type -> what it is; AutoModelForImageTextToText loads both as *ForConditionalGeneration
 SUPPORTED_TYPES = {
@@ -34,22 +34,12 @@ class HFVisionLanguageModel:
 
     def __init__(self, spec: CaptionerSpec | AttributeSpec, base_dir: Path | None = None) -> None:
         import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         adapter_options(spec, {})
         self.spec = spec
         self._torch = torch
-        # Read the config first: an unsupported model is a clear error, not a failed multi-GB load.
-        try:
-            config = AutoConfig.from_pretrained(resolve_checkpoint(spec, base_dir), revision=spec.revision)
-        except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
-            raise unavailable(spec, err) from err
-        if config.model_type not in SUPPORTED_TYPES:
-            supported = "; ".join(f"'{t}' ({d})" for t, d in SUPPORTED_TYPES.items())
-            raise ValueError(
-                f"model '{spec.name}': checkpoint '{spec.checkpoint}' is a '{config.model_type}' model, "
-                f"not a supported vision-language model. Supported model types: {supported}"
-            )
+        _, config = checked_config(spec, base_dir, SUPPORTED_TYPES, "is not a supported vision-language model")
         self.model_type = config.model_type
         self.model, self.processor, self.device, self.dtype = load_pretrained(
             spec, base_dir, AutoModelForImageTextToText, AutoProcessor

@@ -130,3 +130,23 @@ def preflight_checkpoint(spec: ModelSpec, base_dir: Path | None = None) -> str:
         return snapshot_download(resolved, revision=spec.revision, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the weights are not here
         raise unavailable(spec, err) from err
+
+
+def checked_config(spec: ModelSpec, base_dir: Path | None, supported: dict[str, str], unsupported_hint: str = ""):
+    """(resolved checkpoint, its transformers config), after checking its model type is one of
+    `supported` (type -> example). Reads only config.json: an unsupported model is a clear error, not
+    a failed multi-GB load."""
+    from transformers import AutoConfig
+
+    try:
+        checkpoint = resolve_checkpoint(spec, base_dir)
+        config = AutoConfig.from_pretrained(checkpoint, revision=spec.revision)
+    except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
+        raise unavailable(spec, err) from err
+    if config.model_type not in supported:
+        names = "; ".join(f"'{t}' ({d})" for t, d in supported.items())
+        raise ValueError(
+            f"model '{spec.name}': checkpoint '{spec.checkpoint}' is a '{config.model_type}' model, which "
+            f"{unsupported_hint or 'this adapter does not run'}. Supported model types: {names}"
+        )
+    return checkpoint, config

@@ -61,7 +61,7 @@ from pathlib import Path
 from PIL import Image
 
 from grand.config import AttributeSpec, CaptionerSpec
-from grand.models.loading import adapter_options, default_cache_dir, resolve_checkpoint, torch_device, unavailable
+from grand.models.loading import adapter_options, checked_config, default_cache_dir, torch_device
 
 SUPPORTED_TYPES = {"llava": "LLaVA-1.5, e.g. llava-hf/llava-1.5-7b-hf"}
 
@@ -99,20 +99,11 @@ class VllmVisionLanguageModel:
                 f"model '{spec.name}': generation.num_beams={gen.num_beams} is not supported by the vllm "
                 "backend (vLLM's beam search is a separate API); use num_beams: 1 or backend: transformers"
             )
-        try:
-            from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoProcessor
 
-            checkpoint = resolve_checkpoint(spec, base_dir)
-            config = AutoConfig.from_pretrained(checkpoint, revision=spec.revision)
-        except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
-            raise unavailable(spec, err) from err
-        if config.model_type not in SUPPORTED_TYPES:
-            supported = "; ".join(f"'{t}' ({d})" for t, d in SUPPORTED_TYPES.items())
-            raise ValueError(
-                f"model '{spec.name}': checkpoint '{spec.checkpoint}' is a '{config.model_type}' model, "
-                f"which the vllm backend does not run. Supported model types: {supported} "
-                "(BLIP-2: use backend: transformers)"
-            )
+        checkpoint, config = checked_config(
+            spec, base_dir, SUPPORTED_TYPES, "the vllm backend does not run (BLIP-2: use backend: transformers)"
+        )
         try:
             self.processor = AutoProcessor.from_pretrained(checkpoint, revision=spec.revision)
         except Exception:  # noqa: BLE001 - only the chat template is needed; fall back to LLaVA-1.5's format
