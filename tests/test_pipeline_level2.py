@@ -157,3 +157,36 @@ def test_level2_resumes_after_sigkill(combined, tmp_path):
     _check_level2(_rows(out, 1), _rows(out, 2), expected, captioners=("llava",))
     st = output_status(str(out))["levels"]["level2"]
     assert (st["done"], st["pending"], st["failed"], st["images_done"]) == (6, 0, 0, 6)
+
+
+def test_export_stats_and_viz_read_a_real_output(combined, tmp_path, capsys):
+    """The export commands on the combined run's folder: what pycocotools and PIL read back."""
+    import json
+
+    from pycocotools.coco import COCO
+
+    from grand.cli.main import main
+
+    _, both, expected = combined
+    dest = tmp_path / "coco.json"
+    assert main(["export", "coco", str(both), str(dest)]) == 0
+    coco = COCO(str(dest))
+    level2 = {r["image_id"]: r for r in _rows(both, 2)}
+    ok_ids = sorted(i for i, s in expected.items() if s == "ok")
+    assert sorted(img["file_name"] for img in coco.dataset["images"]) == ok_ids
+    want = sum(len(level2[i]["objects"]) + len(level2[i]["floating_objects"]) for i in ok_ids)
+    assert len(coco.dataset["annotations"]) == want
+    ann = coco.dataset["annotations"][0]
+    assert coco.annToMask(ann).shape == tuple(ann["segmentation"]["size"])
+
+    capsys.readouterr()
+    assert main(["stats", str(both), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert json.dumps(st)  # plain JSON
+    assert main(["stats", str(both)]) == 0 and capsys.readouterr().out.strip()
+
+    png = tmp_path / "viz.png"
+    assert main(["viz", str(both), "--id", ok_ids[0], "--dest", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.width >= 64 and im.height >= 64
+    assert main(["viz", str(both), "--id", "no-such-image.jpg", "--dest", str(png)]) == 2

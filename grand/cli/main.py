@@ -15,6 +15,9 @@ EXAMPLES = """examples:
   grand run pipelines/tiny.yaml --input photos/ --output out2/ --levels 1,2
   grand run pipelines/grand.yaml --input s3://bucket/sa1b/ --output s3://bucket/grand/ --address auto
   grand status out/
+  grand stats out/                                                   # images, regions, concepts, captions
+  grand export coco out/ out/coco.json                               # pycocotools-readable instances
+  grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
   grand demo                                                          # sample photos end to end
 """
@@ -89,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     lst = msub.add_parser("list", help="list adapters and tiny architectures")
     lst.set_defaults(func=cmd_models_list)
 
+    export = sub.add_parser("export", help="convert an output folder into other formats")
+    esub = export.add_subparsers(title="formats")
+    coco = esub.add_parser("coco", help="COCO instances JSON (RLE masks, categories from the final labels)",
+                           description="Objects after phrase grounding (level 2) where it exists, else level 1; "
+                                       "pycocotools.coco.COCO reads the result.")
+    coco.add_argument("output", help="a grand output folder")
+    coco.add_argument("dest", help="JSON file to write")
+    coco.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    coco.add_argument("--level", type=int, choices=[1, 2], default=None, help="read this level only (default: 2, else 1)")
+    coco.set_defaults(func=cmd_export_coco)
+
+    stats = sub.add_parser("stats", help="dataset statistics (images, regions, concepts, captions, ...) and errors")
+    stats.add_argument("output")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.set_defaults(func=cmd_stats)
+
+    viz = sub.add_parser("viz", help="render one image's masks, boxes, labels, depth order and caption spans to a PNG")
+    viz.add_argument("output")
+    viz.add_argument("--id", required=True, dest="image_id", help="image_id as in the Parquet rows")
+    viz.add_argument("--dest", default=None, help="PNG to write (default: <image_id>.png here)")
+    viz.add_argument("--floating", action="store_true", help="also draw floating objects")
+    viz.set_defaults(func=cmd_viz)
+
     demo = sub.add_parser("demo", help="run levels 1-2 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
@@ -157,6 +183,34 @@ def st_text(st: dict, list_shards: bool) -> str:
         for s in st["shards"]:
             lines.append(f"  {s['name']:40s} {s['state']:9s} {s['num_images']:6d} images  errors={s.get('errors', '-')}")
     return "\n".join(lines)
+
+
+def cmd_export_coco(args) -> int:
+    from grand.export.coco import export_coco
+
+    summary = export_coco(args.output, args.dest, include_floating=not args.no_floating, level=args.level)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from grand.export.stats import dataset_stats, stats_text
+
+    st = dataset_stats(args.output)
+    print(json.dumps(st, indent=1) if args.json else stats_text(st))
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from grand.viz.render import render_to_file
+
+    dest = args.dest or (args.image_id.replace("/", "_") + ".png")
+    try:
+        path = render_to_file(args.output, args.image_id, dest, show_floating=args.floating)
+    except KeyError as err:  # an unknown image id: the user's input, not a bug
+        raise ValueError(err.args[0] if err.args else str(err)) from None
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_make_tiny(args) -> int:

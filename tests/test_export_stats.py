@@ -1,0 +1,38 @@
+"""dataset_stats on the hand-built fixture of test_export_coco; expected numbers counted by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_export_coco import build_fixture
+
+from grand.export import dataset_stats, stats_text
+
+
+def test_stats_counts(tmp_path: Path) -> None:
+    stats = dataset_stats(str(build_fixture(tmp_path / "out")))
+    assert stats["level1"] == {
+        "shards": 2, "images": 5, "ok": 3, "errors": 2, "error_reasons": {"decode: bad jpeg": 2},
+        "regions": 5, "objects": 3, "floating": 2, "regions_with_attributes": 2, "attributes": 3,
+        "concepts": 4,  # dog, ball, cat, tree
+    }
+    assert stats["level2"] == {
+        "shards": 1, "images": 2, "ok": 1, "errors": 1, "error_reasons": {"vlm: timeout": 1},
+        "short_captions": 2, "caption_tokens": 9, "phrases": 3,  # tokens: 6 + 3 words
+        "grounded_phrases": 2, "relationships": 1,
+        "objects": 1, "floating": 2, "landmark_categories": {"Outdoor": 1},
+    }
+    json.dumps(stats)  # JSON-ready (no Counters)
+
+
+def test_stats_text(tmp_path: Path) -> None:
+    text = stats_text(dataset_stats(str(build_fixture(tmp_path / "out"))))
+    assert "level 1" in text and "level 2" in text
+    assert "unique labels (concepts): 4" in text and "Outdoor: 1" in text and "decode: bad jpeg: 2" in text
+
+
+def test_stats_empty(tmp_path: Path) -> None:
+    stats = dataset_stats(str(tmp_path / "nothing"))
+    assert "level1" not in stats and "level2" not in stats
+    assert "no committed shards" in stats_text(stats)
