@@ -60,7 +60,8 @@ def find_rows(output_uri: str, image_id: str) -> tuple[dict, dict | None, ShardS
         if out.exists(path2):
             level2, _ = _read_row(out, path2, image_id)
         return row, level2, spec
-    hint = f"; some ids it has: {', '.join(map(repr, known[:_KNOWN_IDS_SHOWN]))}" if known else "; it has no committed level-1 shards"
+    shown = ", ".join(map(repr, known[:_KNOWN_IDS_SHOWN]))
+    hint = f"; some ids it has: {shown}" if known else "; it has no committed level-1 shards"
     raise KeyError(f"image_id {image_id!r} is not in the output {output_uri!r}{hint}")
 
 
@@ -127,7 +128,8 @@ def render(
     """
     image = image.convert("RGB")
     w, h = image.size
-    source = level2_row if level2_row and (level2_row.get("objects") or level2_row.get("floating_objects")) else level1_row
+    has_l2_objects = bool(level2_row and (level2_row.get("objects") or level2_row.get("floating_objects")))
+    source = level2_row if has_l2_objects else level1_row
     objects = list(source.get("objects") or [])
     if show_floating:
         objects += list(source.get("floating_objects") or [])
@@ -232,7 +234,9 @@ class _Panel:
     def line(self, text: str, color: Color = _TEXT, swatch: Color | None = None) -> None:
         self.runs([(text, None)], text_color=color, swatch=swatch)
 
-    def runs(self, runs: list[tuple[str, Color | None]], text_color: Color = _TEXT, swatch: Color | None = None) -> None:
+    def runs(
+        self, runs: list[tuple[str, Color | None]], text_color: Color = _TEXT, swatch: Color | None = None
+    ) -> None:
         """Wrap (text, highlight) runs into lines; highlighted words get a coloured background."""
         x0 = self.margin
         if swatch is not None:
