@@ -234,6 +234,21 @@ def _object_dict(object_id: int, obj) -> dict:
     }
 
 
+REGION_COLUMNS = ("objects", "floating_objects")
+
+
+def load_regions(batch: dict, rows: list[int]) -> dict[int, dict[str, list[dict]]]:
+    """Row -> {"objects": [...], "floating_objects": [...]} decoded from the JSON columns."""
+    return {i: {c: json.loads(batch[c][i]) for c in REGION_COLUMNS} for i in rows}
+
+
+def store_regions(batch: dict, regions: dict[int, dict[str, list[dict]]]) -> None:
+    """Write `load_regions`' (edited) lists back into the batch's JSON columns."""
+    for i, cols in regions.items():
+        for c, objs in cols.items():
+            batch[c][i] = json.dumps(objs)
+
+
 class SegmentStep(ModelStep):
     """Masks for objects: an SA-1B ground-truth mask when one matches the box, else the segmenter.
     Objects that already have a mask keep it, so the same step also masks, in level 2, just the
@@ -247,11 +262,9 @@ class SegmentStep(ModelStep):
         from grand.io.sa1b import parse_sa1b_sidecar
 
         todo_rows, todo_boxes, todo_targets = [], [], []
-        parsed = {}
+        parsed = load_regions(batch, rows)
         for i in rows:
-            objs = json.loads(batch["objects"][i])
-            floats = json.loads(batch["floating_objects"][i])
-            parsed[i] = (objs, floats)
+            objs, floats = parsed[i]["objects"], parsed[i]["floating_objects"]
             targets = [o for o in objs + (floats if self.spec.segment_floating else []) if not o.get("segmentation")]
             gt = parse_sa1b_sidecar(batch["sidecar"][i]) if batch["sidecar"][i] else []
             if gt and targets:
@@ -269,9 +282,7 @@ class SegmentStep(ModelStep):
         for rest, m in zip(todo_targets, masks):
             for o, rle in zip(rest, encode_masks(np.asarray(m, dtype=bool))):
                 o["segmentation"], o["segmentation_source"] = rle, self.spec.name
-        for i in rows:
-            objs, floats = parsed[i]
-            batch["objects"][i], batch["floating_objects"][i] = json.dumps(objs), json.dumps(floats)
+        store_regions(batch, parsed)
 
 
 class DepthStep(ModelStep):
@@ -307,7 +318,7 @@ class LabelChoiceStep(ModelStep):
         from grand.core.attributes import choose_label, crop_box, label_candidates
 
         crops, candidates, owners = [], [], []
-        parsed = {i: {c: json.loads(batch[c][i]) for c in ("objects", "floating_objects")} for i in rows}
+        parsed = load_regions(batch, rows)
         for i in rows:
             img = images[i]
             for objs in parsed[i].values():
@@ -320,9 +331,7 @@ class LabelChoiceStep(ModelStep):
         if crops:
             for o, cands, scores in zip(owners, candidates, self.model.score_labels(crops, candidates)):
                 o["label"] = choose_label(cands, scores)
-        for i in rows:
-            for c, objs in parsed[i].items():
-                batch[c][i] = json.dumps(objs)
+        store_regions(batch, parsed)
 
 
 class AttributeStep(ModelStep):
@@ -343,7 +352,7 @@ class AttributeStep(ModelStep):
 
         s = self.spec
         crops, owners = [], []
-        parsed = {i: {c: json.loads(batch[c][i]) for c in ("objects", "floating_objects")} for i in rows}
+        parsed = load_regions(batch, rows)
         for i in rows:
             img = images[i]
             objs = parsed[i]["objects"] + (parsed[i]["floating_objects"] if s.include_floating else [])
@@ -355,9 +364,7 @@ class AttributeStep(ModelStep):
                 desc = clean_description(text)
                 if desc and desc not in o["attributes"]:
                     o["attributes"] = [*o["attributes"], desc]
-        for i in rows:
-            for c, objs in parsed[i].items():
-                batch[c][i] = json.dumps(objs)
+        store_regions(batch, parsed)
 
 
 STEP_FOR_ROLE = {
