@@ -80,3 +80,27 @@ class LabelScorer(Protocol):
     def score_labels(self, images: list[Image.Image], candidates: list[list[str]]) -> list[list[float]]:
         """candidates[i] are labels for images[i]; returns one score per candidate (higher = better)."""
         ...
+
+
+class LLMError(Exception):
+    """One request that still failed after the backend's retries (timeout, HTTP 5xx, connection,
+    empty/malformed reply). Returned, not raised, per request."""
+
+    def __init__(self, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts  # requests sent for it (0: refused before sending, e.g. too long)
+
+    def __reduce__(self):  # keep `attempts` across pickling (Ray moves results between processes)
+        return (type(self), (str(self), self.attempts))
+
+
+@runtime_checkable
+class TextLLM(Protocol):
+    """A text-only chat LLM (levels 3 and 4: dense captions, their verification, extra context)."""
+
+    def chat(self, conversations: list[list[dict]], seeds: list[int] | None = None) -> list["str | LLMError"]:
+        """conversations[i]: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a
+        user turn. Returns per conversation the assistant reply (stripped, non-empty) or an LLMError
+        instance naming the cause and attempts. seeds[i] overrides generation.seed for request i
+        (regeneration attempts use new seeds). Raises only when the whole backend is unusable."""
+        ...

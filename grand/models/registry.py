@@ -10,6 +10,7 @@ from grand.config import (
     DepthSpec,
     DetectorSpec,
     LabelChoiceSpec,
+    LLMSpec,
     ModelSpec,
     PhraseGroundingSpec,
     SegmenterSpec,
@@ -23,8 +24,22 @@ def build_model(spec: ModelSpec, base_dir: Path | None = None):
     Detectors: backend `onnx-yolox` -> YOLOX on ONNX Runtime; backend `transformers` with
     `queries: tags` -> zero-shot (GroundingDINO, OWLv2, OWL-ViT), otherwise closed-set
     (RT-DETR, DETR, Deformable DETR, ...). Captioners and attributes: backend `vllm` -> vLLM's
-    engine, otherwise transformers `generate`.
+    engine, otherwise transformers `generate`. Text LLMs (levels 3/4, grand.models.base.TextLLM):
+    backend `vllm` -> vLLM's offline engine, `http` -> an OpenAI-compatible server, `transformers`
+    -> transformers `generate`.
     """
+    if isinstance(spec, LLMSpec):
+        if spec.backend == "vllm":
+            from grand.models.vllm_llm import VllmTextLLM
+
+            return VllmTextLLM(spec, base_dir)
+        if spec.backend == "http":
+            from grand.models.http_llm import HttpTextLLM
+
+            return HttpTextLLM(spec, base_dir)
+        from grand.models.hf_llm import HFTextLLM
+
+        return HFTextLLM(spec, base_dir)
     if spec.backend == "vllm":
         if isinstance(spec, (CaptionerSpec, AttributeSpec)):
             from grand.models.vllm_vlm import VllmVisionLanguageModel
@@ -32,7 +47,7 @@ def build_model(spec: ModelSpec, base_dir: Path | None = None):
             return VllmVisionLanguageModel(spec, base_dir)
         raise ValueError(
             f"model '{spec.name}': backend 'vllm' runs only vision-language models (level-2 captioners, "
-            f"level-1 attributes), not a {type(spec).__name__}; use backend: transformers"
+            f"level-1 attributes) and the level-3/4 LLM, not a {type(spec).__name__}; use backend: transformers"
         )
     if isinstance(spec, TaggerSpec):
         from grand.models.hf_tagger import HFZeroShotTagger

@@ -10,27 +10,11 @@ requirements/cpu.txt, docs/install.md). The engine runs in child processes that 
 `spawn`; scripts that build this adapter at top level need an `if __name__ == "__main__":` guard
 (Ray actors and pytest need nothing).
 
-Options (`spec.options`), defaults suited to CPU machines and tests:
-    max_model_len           context length the engine reserves KV cache for (default 2048; LLaVA-1.5
-                            needs 576 image tokens + prompt + answer)
-    kv_cache_gib            KV-cache size in GiB (default 1.0; vLLM's `kv_cache_memory_bytes`). On CPU
-                            this is the only memory vLLM reserves beyond the weights. null: vLLM sizes
-                            the cache from gpu_memory_utilization (the usual choice on GPUs)
-    gpu_memory_utilization  fraction of the GPU (on CPU: of RAM) vLLM may use when kv_cache_gib is
-                            null (default null = vLLM's default, 0.92). With several actors sharing a
-                            GPU (resources.num_gpus 0.5), set it at or below that share
-    enforce_eager           true (default): no torch.compile / CUDA graphs, so the engine starts in
-                            seconds. false on GPUs for throughput
-    max_num_seqs            most sequences the engine runs at once (default null = vLLM's default)
-    tensor_parallel_size    GPUs per engine (default 1)
-    cpu_threads_bind        CPU only, vLLM's VLLM_CPU_OMP_THREADS_BIND: "nobind" (default) leaves
-                            threads unpinned and runs `threads` of them (OMP_NUM_THREADS), so that
-                            several actors on a node do not all pin core 0 as vLLM's "auto" does;
-                            or "auto" / a core list such as "0-3". The spec wins over the environment
-    engine_args             dict of further keyword arguments for `vllm.LLM` (default {})
-`dtype` comes from the spec on accelerators; on CPU the engine runs float32, as the transformers
-adapters do. `spec.revision` is passed to vLLM for hub ids. `batch_size` is how many images the
-pipeline hands the engine at once (one `generate` call; the engine schedules them itself).
+Options (`spec.options`): those of every vLLM adapter (grand.models.vllm_engine: kv_cache_gib,
+gpu_memory_utilization, enforce_eager, max_num_seqs, tensor_parallel_size, cpu_threads_bind,
+engine_args), with max_model_len 2048 by default (LLaVA-1.5 needs 576 image tokens + prompt + answer).
+`batch_size` is how many images the pipeline hands the engine at once (one `generate` call; the engine
+schedules them itself).
 
 Decoding (`spec.generation`): temperature 0 is greedy; otherwise nucleus sampling with `top_p` (top-k
 off). Every request carries `seed`, so a re-run writes the same text, whatever the batch holds.
@@ -49,7 +33,6 @@ builders keeps transformers-saved checkpoints of users working too, and leaves t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -61,30 +44,19 @@ from pathlib import Path
 from PIL import Image
 
 from grand.config import AttributeSpec, CaptionerSpec
-from grand.models.loading import adapter_options, checked_config, default_cache_dir, torch_device
+from grand.models.loading import adapter_options, checked_config, default_cache_dir
+from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, close_engine, sampling_params, shared_engine
 
 SUPPORTED_TYPES = {"llava": "LLaVA-1.5, e.g. llava-hf/llava-1.5-7b-hf"}
 
-DEFAULT_OPTIONS: dict = {
-    "max_model_len": 2048,
-    "kv_cache_gib": 1.0,
-    "gpu_memory_utilization": None,
-    "enforce_eager": True,
-    "max_num_seqs": None,
-    "tensor_parallel_size": 1,
-    "cpu_threads_bind": "nobind",
-    "engine_args": {},
-}
+# LLaVA-1.5 needs 576 image tokens + prompt + answer
+DEFAULT_OPTIONS: dict = {**ENGINE_OPTIONS, "max_model_len": 2048}
 
 # vision towers whose vLLM module wraps the transformer in `.vision_model` (CLIPVisionModel,
 # SiglipVisionModel); other towers (e.g. Pixtral) are loaded as saved
 _WRAPPED_TOWERS = {"clip_vision_model", "siglip_vision_model"}
 _TOWER_KEY = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
 _DONE_MARKER = ".grand-vllm-complete"
-
-# one engine per (checkpoint, engine settings) in a process: adapters that differ only in their
-# decoding settings share it (an engine holds the weights and its KV cache)
-_ENGINES: dict[tuple, object] = {}
 
 
 class VllmVisionLanguageModel:
@@ -93,12 +65,7 @@ class VllmVisionLanguageModel:
     def __init__(self, spec: CaptionerSpec | AttributeSpec, base_dir: Path | None = None) -> None:
         opts = adapter_options(spec, DEFAULT_OPTIONS)
         self.spec = spec
-        gen = spec.generation
-        if gen.num_beams != 1:
-            raise ValueError(
-                f"model '{spec.name}': generation.num_beams={gen.num_beams} is not supported by the vllm "
-                "backend (vLLM's beam search is a separate API); use num_beams: 1 or backend: transformers"
-            )
+        check_beams(spec, spec.generation)
         from transformers import AutoProcessor
 
         checkpoint, config = checked_config(
@@ -111,57 +78,8 @@ class VllmVisionLanguageModel:
         self.image_token = getattr(self.processor, "image_token", None) or "<image>"
         self.checkpoint = vllm_checkpoint(checkpoint, config)
 
-        from vllm import SamplingParams
-
-        sampling = gen.temperature > 0
-        self.sampling_params = SamplingParams(
-            n=1,
-            temperature=gen.temperature if sampling else 0.0,
-            top_p=gen.top_p if sampling else 1.0,  # top_k stays 0: off
-            max_tokens=gen.max_new_tokens,
-            seed=gen.seed,
-            skip_special_tokens=True,
-        )
-        self.llm = self._engine(opts)
-
-    def _engine(self, opts: dict):
-        spec = self.spec
-        device = torch_device(spec)
-        kwargs: dict = dict(
-            model=self.checkpoint,
-            revision=None if Path(self.checkpoint).exists() else spec.revision,
-            dtype="float32" if device == "cpu" else spec.dtype,  # as the transformers adapters
-            seed=0,  # every request carries its own seed (generation.seed); the engine's is fixed
-            max_model_len=int(opts["max_model_len"]),
-            enforce_eager=bool(opts["enforce_eager"]),
-            tensor_parallel_size=int(opts["tensor_parallel_size"]),
-            limit_mm_per_prompt={"image": 1},
-        )
-        if opts["kv_cache_gib"] is not None:
-            kwargs["kv_cache_memory_bytes"] = int(float(opts["kv_cache_gib"]) * 2**30)
-        if opts["gpu_memory_utilization"] is not None:
-            kwargs["gpu_memory_utilization"] = float(opts["gpu_memory_utilization"])
-        if opts["max_num_seqs"] is not None:
-            kwargs["max_num_seqs"] = int(opts["max_num_seqs"])
-        kwargs.update(dict(opts["engine_args"] or {}))
-        env: dict[str, str] = {}
-        if device == "cpu":
-            # the engine's processes read these when they start
-            env["VLLM_CPU_OMP_THREADS_BIND"] = str(opts["cpu_threads_bind"])
-            if opts["cpu_threads_bind"] == "nobind":
-                env["OMP_NUM_THREADS"] = str(spec.threads)
-        key = (device, json.dumps([kwargs, env], sort_keys=True, default=str))
-        if key in _ENGINES:
-            return _ENGINES[key]
-        from vllm import LLM
-
-        try:
-            with _environ(env):
-                llm = LLM(**kwargs)
-        except Exception as err:  # noqa: BLE001 - name the model; vLLM's own message follows
-            raise RuntimeError(f"model '{spec.name}': vLLM could not start an engine for '{spec.checkpoint}': {err}") from err
-        _ENGINES[key] = llm
-        return llm
+        self.sampling_params = sampling_params(spec.generation)
+        self.llm = shared_engine(spec, self.checkpoint, opts, limit_mm_per_prompt={"image": 1})
 
     def generate(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
         if len(images) != len(prompts):
@@ -187,27 +105,7 @@ class VllmVisionLanguageModel:
     def close(self) -> None:
         """Stop the engine (and its processes) now rather than at interpreter exit. Adapters that
         share the engine cannot generate afterwards."""
-        for key, llm in list(_ENGINES.items()):
-            if llm is self.llm:
-                del _ENGINES[key]
-        with contextlib.suppress(Exception):
-            self.llm.llm_engine.engine_core.shutdown()
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """Set environment variables while the engine starts (its processes inherit them), then put the
-    previous values back. The spec wins over the environment (Ray sets OMP_NUM_THREADS in actors)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        close_engine(self.llm)
 
 
 def vllm_checkpoint(checkpoint: str, config) -> str:

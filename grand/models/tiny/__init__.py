@@ -27,6 +27,7 @@ TINY_ARCHS: dict[str, str] = {
     "siglip": "grand.models.tiny.text_models:build_siglip",
     "blip2": "grand.models.tiny.vlm_models:build_blip2",
     "llava": "grand.models.tiny.vlm_models:build_llava",
+    "llama": "grand.models.tiny.llm_models:build_llama",
 }
 
 _DONE_MARKER = ".grand-tiny-complete"
@@ -62,7 +63,12 @@ def builder_fingerprint() -> str:
 
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    sources = sorted(here.glob("*.py")) + [here.parents[2] / "pipelines" / "vocab" / "concepts.txt"]
+    repo = here.parents[2]
+    # what builders read: the concept vocabulary (tokenizers), the Vicuna template (tiny:llama)
+    sources = sorted(here.glob("*.py")) + [
+        repo / "pipelines" / "vocab" / "concepts.txt",
+        repo / "prompts" / "vicuna_chat_template.jinja",
+    ]
     for path in sources:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
