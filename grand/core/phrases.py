@@ -100,14 +100,15 @@ class PhraseExtractor:
     def extract_many(self, texts: Iterable[str]) -> list[list[Phrase]]:
         """Phrases of each text (one list per text, same order), parsed in batches; None counts as ""."""
         texts = [self._clip(t) for t in texts]
-        return [self._phrases(doc) for doc in self.nlp.pipe(texts, batch_size=_BATCH_SIZE)]
+        return [self.phrases_of(doc) for doc in self.nlp.pipe(texts, batch_size=_BATCH_SIZE)]
 
     def _clip(self, text: str | None) -> str:
         # spaCy refuses texts over max_length; parsing a prefix keeps every offset valid, and a
         # caption that long is garbage anyway, which must not fail the whole batch.
         return (text or "")[: self.nlp.max_length]
 
-    def _phrases(self, doc: "Doc") -> list[Phrase]:
+    def phrases_of(self, doc: "Doc") -> list[Phrase]:
+        """Phrases of a text already parsed with `self.nlp` (callers that need the Doc too)."""
         if self.method == "noun_chunks":
             return _noun_chunk_phrases(doc, self.head_pos)
         return _subtree_phrases(doc, self.head_pos)
