@@ -24,10 +24,10 @@ def test_missing_input_exits_2(tmp_path, capsys):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
-def test_unimplemented_levels_are_refused(tmp_path, capsys):
+def test_levels_with_a_gap_are_refused(tmp_path, capsys):
     rc = main(["run", str(ROOT / "pipelines" / "tiny.yaml"), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                "--levels", "1,3"])
-    assert rc == 2 and "levels 1 and 2 exist" in capsys.readouterr().err
+    assert rc == 2 and "level 3 reads level 2, which must be in --levels" in capsys.readouterr().err
 
 
 def test_set_override_is_validated(tmp_path, capsys):
@@ -65,8 +65,15 @@ def test_resource_check_names_the_step_and_resource():
         check_cluster_resources(_with_pool(gpu_cfg, 2), {"CPU": 64.0, "GPU": 1.0}, both)
     tiny = load_config(ROOT / "pipelines" / "tiny.yaml")
     check_cluster_resources(tiny, {"CPU": 2.0}, both)  # all 12 actor pools fit a 2-CPU laptop
-    with pytest.raises(ConfigError, match=r"need 1.7 CPUs .* has 1"):
+    with pytest.raises(ConfigError, match=r"need 1.5 CPUs .* has 1"):
         check_cluster_resources(tiny, {"CPU": 1.0}, both)
+    # levels 1-4: 13 pools of 0.1 (SAM twice, the LLM once), plus 3 x 0.15 for tasks and the two spaCy actors
+    check_cluster_resources(tiny, {"CPU": 2.0}, (1, 2, 3, 4))
+    with pytest.raises(ConfigError, match=r"need 1.75 CPUs .* has 1.7"):
+        check_cluster_resources(tiny, {"CPU": 1.7}, (1, 2, 3, 4))
+    # grand.yaml's levels 3-4 want a whole GPU for Vicuna
+    with pytest.raises(ConfigError, match=r"llm 'vicuna' asks for num_gpus=1"):
+        check_cluster_resources(gpu_cfg, {"CPU": 64.0, "GPU": 0.5}, (3, 4))
 
 
 def _with_pool(cfg, pool_size: int):

@@ -249,3 +249,15 @@ def test_vllm_sampling_is_seeded_per_request(vllm_greedy):
     reseeded = sampling.chat(CONVERSATIONS, seeds=[8, 9, 10, 11])
     assert reseeded != first, "sampling must actually sample"
     assert sampling.chat(CONVERSATIONS, seeds=[8, 9, 10, 11]) == reseeded
+
+
+@pytest.mark.slow
+def test_vllm_full_batch_of_long_sampled_prompts(vllm_greedy):
+    """Regression: vLLM 0.32 on CPU killed its engine ("CPU Generator does not use offset") when the
+    prefill of a long prompt was split over steps while requests carried seeds, as ours always do.
+    Sixteen prompts near the context limit exceed one step's token budget."""
+    sampling = build_model(_spec(generation={"temperature": 0.7, "top_p": 0.95, "seed": 1}))
+    long = [[{"role": "user", "content": f"{k} " + "the dog on a sofa " * 70}] for k in range(16)]
+    replies = sampling.chat(long)
+    assert all(isinstance(r, str) and r for r in replies), replies
+    assert sampling.chat(long[3:4]) == replies[3:4]  # and still batch-independent

@@ -11,50 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINYCOCO
 from kill_run import kill_after_commits
+from pipeline_runs import GREEDY, TINY, copy_levels, rows as _rows
 from grand.config import load_config
 from grand.core.rle import decode_mask
 from grand.io.status import output_status
 from grand.runtime.pipeline import RunOptions, run_pipeline
 
 pytestmark = pytest.mark.slow
-
-TINY = ROOT / "pipelines" / "tiny.yaml"
-# greedy decoding everywhere: the level-2-alone run must reproduce the combined run's text
-GREEDY = {"level2": {"captioners": [
-    {"name": "blip2", "checkpoint": "tiny:blip2", "prompt_file": None, "batch_size": 4,
-     "generation": {"max_new_tokens": 16, "temperature": 0.0}, "resources": {"num_cpus": 0.1}},
-    {"name": "llava", "checkpoint": "tiny:llava", "landmark": True, "batch_size": 4,
-     "generation": {"max_new_tokens": 16, "temperature": 0.0}, "resources": {"num_cpus": 0.1}},
-]}}
-
-
-def _rows(out: Path, level: int) -> list[dict]:
-    rows = pads.dataset(str(out / f"level{level}"), format="parquet").to_table().to_pylist()
-    return sorted(rows, key=lambda r: r["image_id"])
-
-
-def _images(folder: Path) -> dict[str, str]:
-    """Five photos (tinycoco when present, else generated) and one broken file: image_id -> status."""
-    folder.mkdir(parents=True)
-    expected = {}
-    sources = sorted((TINYCOCO / "images").glob("*.jpg"))[:5] if TINYCOCO.is_dir() else []
-    for k in range(5):
-        name = f"img{k}.jpg"
-        if sources:
-            shutil.copyfile(sources[k], folder / name)
-        else:
-            Image.effect_mandelbrot((320 + 40 * k, 240), (-2, -1.2, 1, 1.2), 60 + k).convert("RGB").save(folder / name)
-        expected[name] = "ok"
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
-    expected["broken.jpg"] = "error"
-    return expected
-
 
 def _check_level2(level1: list[dict], level2: list[dict], expected: dict[str, str],
                   captioners: tuple[str, ...] = ("blip2", "llava")) -> None:
@@ -85,23 +52,8 @@ def _check_level2(level1: list[dict], level2: list[dict], expected: dict[str, st
             assert rel["object_ids"] and set(rel["object_ids"]) <= ids2
 
 
-@pytest.fixture(scope="module")
-def combined(ray_session, tmp_path_factory):
-    """One `--levels 1,2` run (greedy decoding) shared by the tests: (input, output, expected)."""
-    tmp = tmp_path_factory.mktemp("level2")
-    expected = _images(tmp / "in")
-    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY})
-    summary = run_pipeline(cfg, RunOptions(input=str(tmp / "in"), output=str(tmp / "both"), levels=(1, 2)))
-    assert summary.images == 6 and summary.errors == 1
-    return tmp / "in", tmp / "both", expected
-
-
 def _level1_only_copy(src: Path, dst: Path) -> Path:
-    """An output folder holding just src's plan and level-1 shards, as a level-1-only run leaves it
-    (the manifest is rebuilt from the files by the next run)."""
-    shutil.copytree(src / "level1", dst / "level1")
-    shutil.copytree(src / "_grand", dst / "_grand", ignore=shutil.ignore_patterns("tmp"))
-    return dst
+    return copy_levels(src, dst, (1,))
 
 
 def test_levels_1_2_give_every_image_grounded_captions(combined):

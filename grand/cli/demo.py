@@ -28,10 +28,13 @@ def show_example(output: str) -> str:
 
     table = pads.dataset(str(Path(output) / "level1"), format="parquet").to_table()
     rows = table.to_pylist()
-    level2_dir = Path(output) / "level2"
-    level2 = {}
-    if level2_dir.is_dir():
-        level2 = {r["image_id"]: r for r in pads.dataset(str(level2_dir), format="parquet").to_table().to_pylist()}
+    def level(n: int) -> dict:
+        folder = Path(output) / f"level{n}"
+        if not folder.is_dir():
+            return {}
+        return {r["image_id"]: r for r in pads.dataset(str(folder), format="parquet").to_table().to_pylist()}
+
+    level2, level3, level4 = level(2), level(3), level(4)
     lines = ["", "example rows:"]
     for row in rows:
         if row["status"] != "ok":
@@ -58,6 +61,21 @@ def show_example(output: str) -> str:
             lm = l2["landmark"] or {}
             lines.append(f"      landmark: {lm.get('category')} / {lm.get('fine_category')}, "
                          f"{len(l2['relationships'])} relationships")
+        l3 = level3.get(row["image_id"])
+        if l3 is not None:
+            dc = l3["dense_caption"]
+            if dc is not None:
+                lines.append(f"      dense caption ({'verified' if dc['verified'] else 'flagged'} after "
+                             f"{len(dc['attempts'])} attempts, {len(dc['details'])} grounded phrases): {dc['caption'][:70]!r}")
+                missing = dc["attempts"][-1]["missing"]
+                if missing:
+                    lines.append(f"        last check found absent: {missing[:4]}")
+            else:
+                lines.append(f"      dense caption: error ({l3['error']})")
+        l4 = level4.get(row["image_id"])
+        if l4 is not None:
+            text = l4["additional_context"]
+            lines.append(f"      extra context: {text[:70]!r}" if text is not None else f"      extra context: error ({l4['error']})")
     lines.append("(tiny.yaml uses random-weight models: the pipeline is real, the predictions are noise;"
                  " pipelines/grand.yaml has the real checkpoints)")
     return "\n".join(lines)

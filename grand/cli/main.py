@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -71,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", required=True, help="output folder (local path or fsspec URI)")
     run.add_argument("--levels", default="1",
                      help="comma-separated levels: 1 (objects, masks, depth, attributes), 2 (captions, landmark, "
-                          "grounded phrases). '2' alone runs over the folder's committed level-1 shards (default: 1)")
+                          "grounded phrases), 3 (scene graph, verified dense caption grounded to objects), 4 (extra "
+                          "context). A run may start above 1 over the folder's committed lower level: '2' reads "
+                          "level 1, '3,4' read level 2 (default: 1)")
     run.add_argument("--force", action="store_true", help="redo shards that are already committed")
     run.add_argument("--address", default=None,
                      help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)")
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     egcg.add_argument("--json", action="store_true", help="machine-readable output")
     egcg.set_defaults(func=cmd_eval_gcg)
 
-    demo = sub.add_parser("demo", help="run levels 1-2 of pipelines/tiny.yaml on a few sample photos and show the result")
+    demo = sub.add_parser("demo", help="run levels 1-4 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
     demo.set_defaults(func=cmd_demo)
@@ -406,6 +407,9 @@ def cmd_models_list(args) -> int:
     print("  captioner       transformers  BLIP-2 / LLaVA-1.5 short captions (+ landmark questions)")
     print("  captioner       vllm          LLaVA-1.5 on the vLLM engine (also for attributes; docs/install.md)")
     print("  phrase_grounder transformers  GroundingDINO, OWLv2 / OWL-ViT, one query per phrase")
+    print("  llm             vllm          Vicuna / Llama chat models on vLLM's engine (levels 3-4)")
+    print("  llm             http          any OpenAI-compatible server, e.g. `vllm serve` (levels 3-4)")
+    print("  llm             transformers  causal LMs with `generate` (levels 3-4, small models)")
     print("tiny architectures (checkpoint: tiny:<arch>):")
     for arch in sorted(TINY_ARCHS):
         print(f"  {arch}")
@@ -423,10 +427,10 @@ def cmd_demo(args) -> int:
     if not Path(config).is_file():
         config = "pipelines/tiny.yaml"
     cfg = load_config(config)
-    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(out / "results"), levels=(1, 2)))
+    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(out / "results"), levels=(1, 2, 3, 4)))
     print(summary.text())
     print(show_example(str(out / "results")))
-    print(f"\nresults: {out / 'results'}/level1/*.parquet and level2/*.parquet   "
+    print(f"\nresults: {out / 'results'}/level1 ... level4/*.parquet   "
           f"(inspect: grand status {out / 'results'})")
     return 0
 

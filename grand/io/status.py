@@ -7,7 +7,7 @@ from collections import Counter
 from grand.io.manifest import Manifest, load_plan
 from grand.io.output import OutputDir
 
-LEVELS = (1, 2)
+LEVELS = (1, 2, 3, 4)
 
 
 def output_status(uri: str) -> dict:

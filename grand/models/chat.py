@@ -150,3 +150,41 @@ def chat_with_retries(
         why = "" if sampling else " (greedy decoding: a retry would repeat it)"
         replies[i] = LLMError(f"llm '{name}': empty reply after {attempts} attempts{why}", attempts=attempts)
     return replies  # type: ignore[return-value]
+
+
+class TokenizedChat:
+    """`TextLLM.chat` for the adapters that tokenize locally (vLLM's engine, transformers): the
+    conversations are checked, formatted and tokenized here; `_generate(prompts, seeds)` (token ids
+    and one seed each -> reply texts) is the adapter's own. Subclasses set `spec`, `tokenizer`,
+    `format_prompt`, `max_model_len` and `empty_retries`."""
+
+    spec: LLMSpec
+    max_model_len: int
+    empty_retries: int
+
+    def chat(self, conversations: list[list[dict]], seeds: list[int] | None = None) -> list[str | LLMError]:
+        check_conversations(self.spec.name, conversations, seeds)
+        replies: list[str | LLMError | None] = [None] * len(conversations)
+        prompts, index = [], []
+        for i, conversation in enumerate(conversations):
+            try:
+                prompts.append(prompt_token_ids(self.tokenizer, self.format_prompt(conversation)))
+                index.append(i)
+            except Exception as err:  # noqa: BLE001 - a template's raise_exception: this request only
+                replies[i] = LLMError(f"llm '{self.spec.name}': the chat template refused conversation {i}: {err}", 0)
+        all_seeds = request_seeds(self.spec.generation, seeds, len(conversations))
+        answers = chat_with_retries(
+            self.spec.name,
+            prompts,
+            [all_seeds[i] for i in index],
+            self._generate,
+            max_model_len=self.max_model_len,
+            sampling=self.spec.generation.temperature > 0,
+            empty_retries=self.empty_retries,
+        )
+        for i, answer in zip(index, answers):
+            replies[i] = answer
+        return replies  # type: ignore[return-value]
+
+    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
+        raise NotImplementedError

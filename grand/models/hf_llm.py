@@ -23,14 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from grand.config import LLMSpec
-from grand.models.base import LLMError
-from grand.models.chat import ChatFormatter, chat_with_retries, check_conversations, prompt_token_ids, request_seeds
+from grand.models.chat import ChatFormatter, TokenizedChat
 from grand.models.loading import adapter_options, load_pretrained
 
 DEFAULT_OPTIONS: dict = {"max_model_len": None, "empty_retries": 2}
 
 
-class HFTextLLM:
+class HFTextLLM(TokenizedChat):
     """Chat replies from a causal LM with transformers `generate`; see the module docstring."""
 
     def __init__(self, spec: LLMSpec, base_dir: Path | None = None) -> None:
@@ -54,30 +53,6 @@ class HFTextLLM:
         self.generate_kwargs: dict = dict(num_beams=gen.num_beams, do_sample=self.sampling, pad_token_id=self.pad_token_id)
         if self.sampling:
             self.generate_kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=0)
-
-    def chat(self, conversations: list[list[dict]], seeds: list[int] | None = None) -> list[str | LLMError]:
-        check_conversations(self.spec.name, conversations, seeds)
-        replies: list[str | LLMError | None] = [None] * len(conversations)
-        prompts, index = [], []
-        for i, conversation in enumerate(conversations):
-            try:
-                prompts.append(prompt_token_ids(self.tokenizer, self.format_prompt(conversation)))
-                index.append(i)
-            except Exception as err:  # noqa: BLE001 - a template's raise_exception: this request only
-                replies[i] = LLMError(f"llm '{self.spec.name}': the chat template refused conversation {i}: {err}", 0)
-        all_seeds = request_seeds(self.spec.generation, seeds, len(conversations))
-        answers = chat_with_retries(
-            self.spec.name,
-            prompts,
-            [all_seeds[i] for i in index],
-            self._generate,
-            max_model_len=self.max_model_len,
-            sampling=self.sampling,
-            empty_retries=self.empty_retries,
-        )
-        for i, answer in zip(index, answers):
-            replies[i] = answer
-        return replies  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
         texts: list[str] = [""] * len(prompts)

@@ -94,6 +94,11 @@ def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
         kwargs["gpu_memory_utilization"] = float(opts["gpu_memory_utilization"])
     if opts["max_num_seqs"] is not None:
         kwargs["max_num_seqs"] = int(opts["max_num_seqs"])
+    if device == "cpu":
+        # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when a prompt's
+        # prefill is split over steps while requests carry their own seed, which ours always do:
+        # long prompts in a full batch did it. Whole prefills avoid the split.
+        kwargs["enable_chunked_prefill"] = False
     kwargs.update(dict(opts["engine_args"] or {}))
     env: dict[str, str] = {}
     if device == "cpu":

