@@ -12,9 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -45,10 +43,18 @@ def _input_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return folder, expected
 
 
+# Every input once does not depend on the models: the detector, SAM and depth of tiny.yaml check that
+# masks and depth come out at each odd image's oriented size (all of tiny.yaml's level-1 models run
+# in conftest's shared `combined` run).
+FEW_MODELS = {"level1": {"taggers": [], "label_choice": None, "attributes": None, "detectors": [
+    {"name": "rtdetr", "checkpoint": "tiny:rt-detr", "score_threshold": 0.2, "batch_size": 4, "resources": {"num_cpus": 0.25}},
+]}}
+
+
 def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
     folder, expected = _input_folder(tmp_path)
     out = tmp_path / "out"
-    cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 5}})
+    cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 5}, **FEW_MODELS})
     summary = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out)))
 
     rows = _rows(out)
@@ -61,9 +67,7 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
             assert r["error"] and r["objects"] == []
             continue
         assert r["width"] > 0 and r["height"] > 0 and r["error"] is None
-        assert len(r["tags"]) == len(r["tag_scores"]) > 0
-        assert {p["name"] for p in r["provenance"]} == {
-            "clip", "rtdetr", "owlv2", "grounding_dino", "sam", "depth_anything", "clip_label", "llava_regions"}
+        assert {p["name"] for p in r["provenance"]} == {"rtdetr", "sam", "depth_anything"}
         regions = r["objects"] + r["floating_objects"]
         assert len({o["id"] for o in regions}) == len(regions)
         for o in regions:
@@ -71,6 +75,7 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
             assert 0 <= x1 <= x2 <= r["width"] + 0.01 and 0 <= y1 <= y2 <= r["height"] + 0.01
             assert decode_mask(o["segmentation"]).shape == (r["height"], r["width"])
             assert o["segmentation_source"] == "sam" and o["models"]
+        assert r["depth_stats"] is not None
     assert sum(len(r["objects"]) + len(r["floating_objects"]) for r in rows) > 0
 
     st = output_status(str(out))["levels"]["level1"]
@@ -78,20 +83,6 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
     assert (st["done"], st["pending"], st["failed"]) == (st["shards"], 0, 0)
     assert (st["images_done"], st["errors"]) == (len(expected), n_errors)
     assert sum(st["error_reasons"].values()) == n_errors
-
-    # The same command again commits nothing and changes nothing.
-    before = {p.name: p.read_bytes() for p in (out / "level1").iterdir()}
-    again = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out)))
-    assert again.shards_committed == [] and again.shards_skipped == st["shards"]
-    assert {p.name: p.read_bytes() for p in (out / "level1").iterdir()} == before
-
-    # --force redoes a committed shard (here: one) with the same rows: the models are deterministic
-    # (up to float noise: Ray groups the images into other batches this time).
-    first = sorted(before)[0]
-    redo = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out), force=True, max_shards=1))
-    assert redo.shards_committed == [first[: -len(".parquet")]]
-    old_rows = pq.read_table(pa.BufferReader(before[first])).to_pylist()
-    assert_rows_match(pq.read_table(out / "level1" / first).to_pylist(), old_rows)
 
 
 def assert_rows_match(got: list[dict], want: list[dict]) -> None:
@@ -110,7 +101,9 @@ def assert_rows_match(got: list[dict], want: list[dict]) -> None:
                 assert (a["depth"] is None) == (b["depth"] is None)
                 if a["depth"] is not None:
                     assert a["depth"] == pytest.approx(b["depth"], rel=1e-3, abs=1e-9)
-                assert mask_iou([a["segmentation"]], [b["segmentation"]])[0, 0] > 0.99
+                assert (a["segmentation"] is None) == (b["segmentation"] is None)
+                if a["segmentation"] is not None:
+                    assert mask_iou([a["segmentation"]], [b["segmentation"]])[0, 0] > 0.99
 
 
 def test_output_folder_refuses_another_input(ray_session, tmp_path):
