@@ -29,6 +29,10 @@ class Resources(_Strict):
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor; fractions keep small machines from hanging")
     pool_size: int = Field(1, ge=1, description="actors in the pool")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor, GiB")
+    accelerator_type: str | None = Field(
+        None, description="GPU type the actors must run on, as Ray names it (H100, A100, L4, ...; "
+                          "ray.util.accelerators); null: any"
+    )
 
 
 class ModelSpec(_Strict):

