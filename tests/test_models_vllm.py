@@ -2,7 +2,8 @@
 torchvision shim that makes vLLM importable on our CPU installs (grand.compat.torchvision_cpu).
 
 Engine tests are slow (an engine start takes 10-40 s on 2 CPUs); they share one in-process engine
-(adapters that differ only in decoding share it) plus one engine inside a Ray Data actor.
+(adapters that differ only in decoding share it). A vLLM engine inside Ray Data actors runs in the
+pipeline tests (pipelines/tiny.yaml's level-3 LLM, tests/test_pipeline_level34.py).
 Random weights write random text, so the checks are about plumbing, as in test_models_vlm.py.
 """
 
@@ -234,38 +235,3 @@ def test_attribute_spec_runs_on_vllm(greedy, images):
     crops = [im.crop((0, 0, max(1, im.width // 2), max(1, im.height // 2))) for im in images]
     answers = model.generate(crops, ["Give a short description of this region in a few words."] * len(crops))
     assert len(answers) == len(crops) and all(isinstance(a, str) for a in answers)
-
-
-# ---------------------------------------------------------------------------------------------
-# the engine inside a Ray Data actor pool, as the pipeline runs it
-
-
-@pytest.mark.slow
-def test_engine_in_a_ray_data_actor_pool(ray_session, greedy, images, ipc_dir):
-    import ray
-
-    class Captioner:  # defined here, so that Ray pickles it by value (tests/ is not on the workers' path)
-        """What a pipeline step does: build the adapter in the actor's __init__, caption each batch."""
-
-        def __init__(self, spec_json: str) -> None:
-            self.model = build_model(CaptionerSpec.model_validate_json(spec_json))
-
-        def __call__(self, batch: dict) -> dict:
-            pictures = [Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in batch["image"]]
-            batch["caption"] = np.array(self.model.generate(pictures, list(batch["prompt"])), dtype=object)
-            return batch
-
-    rgb = [np.asarray(im.convert("RGB")) for im in images]
-    expected = greedy.generate([Image.fromarray(a) for a in rgb], PROMPTS)
-    items = [{"id": i, "image": a, "prompt": p} for i, (a, p) in enumerate(zip(rgb, PROMPTS))]
-    ds = ray.data.from_items(items).map_batches(
-        Captioner,
-        fn_constructor_args=(_spec(batch_size=2).model_dump_json(),),
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.5,  # fractional: on 2 CPUs a whole-CPU actor can starve the read tasks
-        runtime_env={"env_vars": {"VLLM_RPC_BASE_PATH": ipc_dir, "GRAND_CACHE": os.environ["GRAND_CACHE"]}},
-        batch_size=2,
-        batch_format="numpy",
-    )
-    rows = sorted(ds.take_all(), key=lambda r: r["id"])
-    assert [r["caption"] for r in rows] == expected

@@ -18,8 +18,7 @@ from __future__ import annotations
 import re
 
 from grand.core.rle import mask_area
-from grand.export import shard_names
-from grand.export.rows import Committed, SampleWriter, image_rows, image_size, ok, require_levels
+from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, ok, require_levels
 from grand.io.output import OutputDir
 
 KINDS = ("attribute", "relationship")
@@ -66,37 +65,29 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
     if kinds == ("relationship",):
         require_levels(out, [2], "grand export refexp --kinds relationship")
     n_objects = n_sentences = 0
-    committed = Committed(out)
     with SampleWriter(dest) as writer:
-        for shard in shard_names(out, (1, 2)):
-            for rows in image_rows(out, shard, (1, 2), _COLUMNS, committed=committed):
-                if not ok(rows.get(1)):
+        for rows in good_images(out, _COLUMNS):
+            rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
+            width, height = image_size(rows)
+            image_id = rows[1]["image_id"]
+            for obj, floating in flagged_objects(rows, include_floating):
+                exprs = expressions(obj, rels, kinds)
+                if not exprs:
                     continue
-                src = rows[2] if ok(rows.get(2)) else rows[1]
-                rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
-                width, height = image_size(rows)
-                image_id = rows[1]["image_id"]
-                groups = [(o, False) for o in src.get("objects") or []]
-                if include_floating:
-                    groups += [(o, True) for o in src.get("floating_objects") or []]
-                for obj, floating in groups:
-                    exprs = expressions(obj, rels, kinds)
-                    if not exprs:
-                        continue
-                    seg = obj.get("segmentation")
-                    box = coco_box(obj["bbox"])
-                    sentences = []
-                    for kind, text in exprs:
-                        n_sentences += 1
-                        toks = words(text)
-                        sentences.append({"sent_id": n_sentences, "raw": text, "sent": " ".join(toks),
-                                          "tokens": toks, "kind": kind})
-                    n_objects += 1
-                    writer.write({
-                        "ref_id": n_objects, "file_name": image_id, "image_id": image_id, "height": height,
-                        "width": width, "object_id": obj["id"], "category": obj["label"],
-                        "floating": floating,
-                        "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
-                        "area": float(mask_area(seg)) if seg else box[2] * box[3], "sentences": sentences,
-                    })
+                seg = obj.get("segmentation")
+                box = coco_box(obj["bbox"])
+                sentences = []
+                for kind, text in exprs:
+                    n_sentences += 1
+                    toks = words(text)
+                    sentences.append({"sent_id": n_sentences, "raw": text, "sent": " ".join(toks),
+                                      "tokens": toks, "kind": kind})
+                n_objects += 1
+                writer.write({
+                    "ref_id": n_objects, "file_name": image_id, "image_id": image_id, "height": height,
+                    "width": width, "object_id": obj["id"], "category": obj["label"],
+                    "floating": floating,
+                    "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
+                    "area": float(mask_area(seg)) if seg else box[2] * box[3], "sentences": sentences,
+                })
     return {"dest": dest, "refs": n_objects, "sentences": n_sentences}

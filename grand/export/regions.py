@@ -15,9 +15,8 @@ the description with `per_region`). Objects come from level 2 where its row is o
 
 from __future__ import annotations
 
-from grand.export import shard_names
 from grand.export.refexp import coco_box
-from grand.export.rows import Committed, SampleWriter, image_rows, image_size, ok, require_levels
+from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, require_levels
 from grand.io.output import OutputDir
 
 _COLUMNS = {
@@ -39,32 +38,24 @@ def export_regions(output_uri: str, dest: str, per_region: bool = False, all_reg
     out = OutputDir(output_uri)
     require_levels(out, [1], "grand export regions")
     n_images = n_regions = n_pairs = 0
-    committed = Committed(out)
     with SampleWriter(dest) as writer:
-        for shard in shard_names(out, (1, 2)):
-            for rows in image_rows(out, shard, (1, 2), _COLUMNS, committed=committed):
-                if not ok(rows.get(1)):
-                    continue
-                src = rows[2] if ok(rows.get(2)) else rows[1]
-                groups = [(src.get("objects") or [], False)]
-                if include_floating:
-                    groups.append((src.get("floating_objects") or [], True))
-                regions = [_region(o, floating) for objs, floating in groups for o in objs
-                           if all_regions or o.get("attributes")]
-                if not regions:
-                    continue
-                width, height = image_size(rows)
-                head = {"file_name": rows[1]["image_id"], "image_id": rows[1]["image_id"], "height": height,
-                        "width": width}
-                n_images += 1
-                n_regions += len(regions)
-                if not per_region:
-                    n_pairs += sum(len(r["descriptions"]) for r in regions)
-                    writer.write({**head, "regions": regions})
-                    continue
-                for r in regions:
-                    for text in r["descriptions"] or [r["label"]]:
-                        n_pairs += 1
-                        writer.write({**head, "object_id": r["object_id"], "label": r["label"], "description": text,
-                                      "bbox": r["bbox"], "bbox_xywh": r["bbox_xywh"], "segmentation": r["segmentation"]})
+        for rows in good_images(out, _COLUMNS):
+            regions = [_region(o, floating) for o, floating in flagged_objects(rows, include_floating)
+                       if all_regions or o.get("attributes")]
+            if not regions:
+                continue
+            width, height = image_size(rows)
+            head = {"file_name": rows[1]["image_id"], "image_id": rows[1]["image_id"], "height": height,
+                    "width": width}
+            n_images += 1
+            n_regions += len(regions)
+            if not per_region:
+                n_pairs += sum(len(r["descriptions"]) for r in regions)
+                writer.write({**head, "regions": regions})
+                continue
+            for r in regions:
+                for text in r["descriptions"] or [r["label"]]:
+                    n_pairs += 1
+                    writer.write({**head, "object_id": r["object_id"], "label": r["label"], "description": text,
+                                  "bbox": r["bbox"], "bbox_xywh": r["bbox_xywh"], "segmentation": r["segmentation"]})
     return {"dest": dest, "images": n_images, "regions": n_regions, "pairs": n_pairs}

@@ -16,7 +16,7 @@ from typing import IO
 import fsspec
 
 from grand.config import InputSpec
-from grand.export import iter_rows
+from grand.export import iter_rows, shard_names
 from grand.io.images import ImageDecodeError, prepare_image
 from grand.io.manifest import load_plan
 from grand.io.output import OutputDir
@@ -84,6 +84,27 @@ def image_rows(
 
 def ok(row: dict | None) -> bool:
     return row is not None and row.get("status") == "ok"
+
+
+def good_images(out: OutputDir, columns: dict[int, Sequence[str]] | None = None,
+                levels: Sequence[int] = (1, 2)) -> Iterator[dict[int, dict | None]]:
+    """`image_rows` of every shard, in plan order, for the images whose level-1 row is ok."""
+    committed = Committed(out)
+    for shard in shard_names(out, levels):
+        for rows in image_rows(out, shard, levels, columns, committed=committed):
+            if ok(rows.get(1)):
+                yield rows
+
+
+def flagged_objects(rows: dict[int, dict | None], floating: bool = True) -> list[tuple[dict, bool]]:
+    """`objects_of` as (object, is it a floating object) pairs."""
+    src = rows.get(2) if ok(rows.get(2)) else rows.get(1)
+    if src is None:
+        return []
+    found = [(o, False) for o in src.get("objects") or []]
+    if floating:
+        found += [(o, True) for o in src.get("floating_objects") or []]
+    return found
 
 
 def objects_of(rows: dict[int, dict | None], floating: bool = True) -> list[dict]:

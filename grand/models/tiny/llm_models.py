@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grand.models.tiny.vlm_models import build_vlm_tokenizer
+from grand.models.tiny.vlm_models import build_vlm_tokenizer, tiny_llama_config
 
 _SEED = 0
 VICUNA_TEMPLATE_FILE = Path(__file__).resolve().parents[3] / "prompts" / "vicuna_chat_template.jinja"
@@ -25,19 +25,7 @@ def build_llama(out_dir: Path) -> None:
 
     torch.manual_seed(_SEED)
     tokenizer = build_vlm_tokenizer(chat_template=VICUNA_TEMPLATE_FILE.read_text(encoding="utf-8"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = LlamaConfig(**tiny_llama_config(tokenizer, max_positions=4096))
     model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id

@@ -148,6 +148,24 @@ def build_blip2(out_dir: Path) -> None:
     model.save_pretrained(out_dir)
 
 
+def tiny_llama_config(tokenizer, max_positions: int) -> dict:
+    """The tiny Llama language model of tiny:llava and tiny:llama: 2 layers of width 128, 2 attention
+    heads of size 64 (vLLM's CPU kernels reject smaller heads)."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def build_llava(out_dir: Path) -> None:
     """LLaVA-1.5 (as llava-hf/llava-1.5-7b-hf): 2-layer CLIP ViT at 32 px with 8 px patches (16 image
     tokens), 2-layer Llama with attention heads of size 64 (vLLM's CPU kernels reject smaller ones)."""
@@ -177,20 +195,7 @@ def build_llava(out_dir: Path) -> None:
             patch_size=patch_size,
             projection_dim=32,
         ),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=64,
-            max_position_embeddings=2048,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        text_config=dict(model_type="llama", **tiny_llama_config(tokenizer, max_positions=2048)),
         image_token_index=tokenizer.image_token_id,
         image_seq_length=num_image_tokens,
         vision_feature_select_strategy=strategy,
