@@ -3,9 +3,10 @@ loop on the same images, in the same run (so the ratio is meaningful on any mach
 
     .venv/bin/python benchmarks/level1.py                         # level 1, pipelines/tiny.yaml, tinycoco x2
     .venv/bin/python benchmarks/level1.py --levels 1,2            # levels 1 and 2
+    .venv/bin/python benchmarks/level1.py --levels 1,2,3,4 --repeat 1   # all four (LLM levels included)
     .venv/bin/python benchmarks/level1.py --config pipelines/grand.yaml --images /data/sample --repeat 1
 
-The baseline runs exactly the pipeline's step classes (grand.runtime.stages, level2_stages) in
+The baseline runs exactly the pipeline's step classes (grand.runtime.stages, level2_stages, level34_stages) in
 order, in this process, one batch at a time: it measures what Ray adds or saves, not different code.
 Results are printed as a Markdown table row for docs/benchmarks.md.
 """
@@ -29,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from grand.config import load_config  # noqa: E402
 from grand.io.sources import plan_shards  # noqa: E402
-from grand.runtime import level2_stages, stages  # noqa: E402
+from grand.runtime import level2_stages, level34_stages, stages  # noqa: E402
 from grand.runtime.pipeline import (  # noqa: E402
-    STEP_CLASSES, RunOptions, _resolve_checkpoint, assemble_level1, level2_plan, model_steps, parse_levels,
+    STEP_CLASSES, RunOptions, _resolve_checkpoint, assemble_level1, level2_plan, llm_plan, model_steps, parse_levels,
     provenance, run_pipeline, step_plan,
 )
 
@@ -95,6 +96,10 @@ def plain_loop(cfg, folder: Path, levels: tuple[int, ...]) -> tuple[int, float]:
     if plan2:
         captioners = [c.name for c in cfg.level2.captioners]
         steps["phrases"] = level2_stages.PhraseStep(cfg.level2.phrases, captioners)
+    llms = [level34_stages.LLMStep(_resolve_checkpoint(spec, cfg.base_dir), cfg.level3 if 3 in served else None,
+                                   cfg.level4 if 4 in served else None, str(cfg.base_dir))
+            for spec, served in llm_plan(cfg, levels)]
+    grounder = level34_stages.CaptionGroundStep(cfg.level3, cfg.level2.phrases.spacy_model) if 3 in levels else None
     rows = []
     for shard in plan_shards(str(folder), cfg.input):
         rows += list(stages.read_shard_rows({"shard_spec": json.dumps(shard.to_dict())}, cfg.input))
@@ -113,7 +118,17 @@ def plain_loop(cfg, folder: Path, levels: tuple[int, ...]) -> tuple[int, float]:
         for role, spec in plan2:
             batch = steps["phrases" if role == "phrases" else spec.name](batch)
         if plan2:
-            level2_stages.assemble_level2(batch, captioners, provenance(cfg, 2))
+            batch = level2_stages.assemble_level2(batch, captioners, provenance(cfg, 2))
+        if llms:  # the pipeline's level 3-4 steps, in its order
+            batch = level34_stages.as_stored_level2(batch)
+            if grounder is not None:
+                batch = level34_stages.scene_graph_step(batch, cfg.level3.scene_graph)
+            for llm in llms:
+                batch = llm(batch)
+            if grounder is not None:
+                batch = level34_stages.assemble_level3(grounder(batch), provenance(cfg, 3))
+            if 4 in levels:
+                level34_stages.assemble_level4(batch, provenance(cfg, 4))
     return len(rows), time.perf_counter() - start
 
 
@@ -123,9 +138,11 @@ def main() -> None:
     ap.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "tinycoco" / "images"))
     ap.add_argument("--repeat", type=int, default=2, help="copies of the image set in the small run (the large has 2x)")
     ap.add_argument("--shard-size", type=int, default=16)
-    ap.add_argument("--levels", default="1", help="levels to run, e.g. 1 or 1,2")
+    ap.add_argument("--levels", default="1", help="levels to run from level 1, e.g. 1, 1,2 or 1,2,3,4")
     args = ap.parse_args()
     levels = parse_levels(args.levels)
+    if levels[0] != 1:
+        ap.error("--levels must start at 1 (the loop reads images)")
     os.environ.setdefault("GRAND_CACHE", str(ROOT / ".cache" / "grand"))
 
     cfg = load_config(args.config, {"input": {"shard_size": args.shard_size}})

@@ -48,6 +48,10 @@ ENGINE_OPTIONS: dict = {
 # decoding settings share it (an engine holds the weights and its KV cache)
 _ENGINES: dict[tuple, object] = {}
 
+# vLLM logs its whole engine config and every start-up step at INFO from each actor, which buries the
+# run's own progress lines; its warnings still show. VLLM_LOGGING_LEVEL=INFO brings the rest back.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
 
 def check_beams(spec: ModelSpec, gen: GenerationSpec) -> None:
     if gen.num_beams != 1:
