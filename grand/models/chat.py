@@ -18,6 +18,7 @@ prompts/vicuna_chat_template.jinja (Vicuna v1.5, the reference LLM, ships withou
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def chat_with_retries(
     return replies  # type: ignore[return-value]
 
 
-class TokenizedChat:
+class TokenizedChat(ABC):
     """`TextLLM.chat` for the adapters that tokenize locally (vLLM's engine, transformers): the
     conversations are checked, formatted and tokenized here; `_generate(prompts, seeds)` (token ids
     and one seed each -> reply texts) is the adapter's own. Subclasses set `spec`, `tokenizer`,
@@ -186,5 +187,6 @@ class TokenizedChat:
             replies[i] = answer
         return replies  # type: ignore[return-value]
 
+    @abstractmethod
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
-        raise NotImplementedError
+        """Reply texts for token-id prompts, one seed each (the whole list in one engine call)."""
