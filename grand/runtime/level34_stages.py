@@ -15,15 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
-import os
 import time
 import traceback
 from pathlib import Path
 from typing import Iterator
 
 from grand.config import Level3Spec, Level4Spec, LLMSpec, SceneGraphSpec
-from grand.runtime.stages import record_step_time
+from grand.runtime.stages import load_actor_model, maybe_die, record_step_time
 
 log = logging.getLogger("grand.stages")
 
@@ -89,12 +87,6 @@ class LLMStep:
 
     def __init__(self, spec: LLMSpec, level3: Level3Spec | None = None, level4: Level4Spec | None = None,
                  base_dir: str | None = None, fault_rate: float = 0.0):
-        from transformers.utils import logging as hf_logging
-
-        from grand.models.registry import build_model
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
         base = Path(base_dir) if base_dir else None
         self.spec, self.level3, self.level4, self.fault_rate = spec, level3, level4, fault_rate
         if level3 is not None:
@@ -107,12 +99,10 @@ class LLMStep:
             from grand.core.llm_prompts import load_level4_prompt
 
             self.context_template = load_level4_prompt(level4.prompt_file, base)
-        self.llm = build_model(spec, base)
+        self.llm = load_actor_model(spec, base_dir)
 
     def __call__(self, batch: dict) -> dict:
-        if self.fault_rate > 0 and random.random() < self.fault_rate:
-            log.warning("%s: fault injection: killing this actor process", self.spec.name)
-            os._exit(1)
+        maybe_die(self.fault_rate, self.spec.name)
         batch = {k: list(v) for k, v in batch.items()}
         n = len(batch["image_id"])
         if self.level3 is not None:

