@@ -13,6 +13,7 @@ from export_fixtures import build_synthetic
 
 from grand.export import dataset_stats, export_coco
 from grand.export.gcg import export_gcg
+from grand.export.mdvp import export_mdvp
 from grand.export.refexp import export_refexp
 from grand.export.regions import export_regions
 
@@ -56,6 +57,7 @@ EXPORTS = {
     "refexp": lambda src, dest: export_refexp(str(src), str(dest / "refs.jsonl")),
     "regions": lambda src, dest: export_regions(str(src), str(dest / "regions.json")),
     "coco": lambda src, dest: export_coco(str(src), str(dest / "coco.json")),
+    "mdvp": lambda src, dest: export_mdvp(str(src), str(dest / "mdvp.jsonl"), points_per_object=2, box_noise=0.1),
     "stats": lambda src, dest: dataset_stats(str(src)),
 }
 

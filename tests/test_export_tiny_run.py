@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from mdvp_checks import check_mdvp_sample
 from pycocotools import mask as mask_utils
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
@@ -58,6 +59,15 @@ def check_exports(out: Path, tmp: Path, n_images: int) -> None:
     for rec in records:
         assert (tmp / "som" / rec["image"]).is_file()
         assert len(rec["text"].splitlines()) == len(rec["marks"])
+
+    from grand.export.mdvp import export_mdvp
+
+    summary = export_mdvp(str(out), str(tmp / "mdvp.jsonl"), points_per_object=2, box_noise=0.15)
+    samples = [json.loads(x) for x in (tmp / "mdvp.jsonl").read_text().splitlines()]
+    assert len(samples) == summary["samples"] and summary["per_task"]["box-label"] > 0
+    for s in samples:
+        row = level2[s["image_id"]]
+        check_mdvp_sample(s, {o["id"]: o for o in row["objects"] + row["floating_objects"]})
 
 
 def test_exports_of_a_tiny_run(combined, tmp_path: Path) -> None:

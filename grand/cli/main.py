@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   grand export refexp out/ out/refs.jsonl                            # object <-> referring expressions
   grand export regions out/ out/regions.jsonl                        # region <-> description pairs
   grand export som out/ out/som --masks                              # Set-of-Mark images + listing text
+  grand export mdvp out/ out/mdvp.jsonl                              # point/box/mask visual-prompt samples
   grand eval gcg predictions.json out/gcg.json                       # AP50, mIoU, mask recall, METEOR, CIDEr
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
@@ -172,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     som.add_argument("--max-marks", type=int, default=None, help="at most N marks per image (highest scores)")
     som.add_argument("--mark-radius", type=int, default=None, help="mark radius in pixels (default: from image size)")
     som.set_defaults(func=cmd_export_som)
+
+    mdvp = esub.add_parser("mdvp", help="visual-prompt instructions (MDVP / SPHINX-V): points, boxes, masks as <Mark i>",
+                           description="One JSON Lines record per sample: prompts (marks 1..n: point [x, y], box "
+                                       "[x1, y1, x2, y2] or COCO RLE mask, in pixels) and a conversation whose "
+                                       "answer names every mark in order. Tasks: point-label, box-label, brief-description, "
+                                       "relationship, inverse-grounding.")
+    mdvp.add_argument("output", help="a grand output folder (levels 1-3; level 3 adds groups and inverse grounding)")
+    mdvp.add_argument("dest", help="file to write: .jsonl (one sample per line) or .json (a list)")
+    mdvp.add_argument("--tasks", default=None, help="comma-separated tasks (default: all five)")
+    mdvp.add_argument("--points-per-object", type=int, default=1, metavar="K",
+                      help="point-label: K points strictly inside each object's mask (default 1)")
+    mdvp.add_argument("--box-noise", type=float, default=0.0, metavar="F",
+                      help="box-label: jitter each box by up to F x its size, as Draw-and-Understand does to "
+                           "mimic hand-drawn boxes (their recipe is about 0.15; default 0: exact boxes)")
+    mdvp.add_argument("--region-prompt", choices=["box", "mask"], default="box",
+                      help="prompt type of the description, relationship and inverse-grounding tasks (objects "
+                           "without a mask always get their box)")
+    mdvp.add_argument("--max-prompts", type=int, default=10,
+                      help="at most N marks per sample (default 10, what SPHINX-V's loader reads)")
+    mdvp.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    mdvp.add_argument("--seed", type=int, default=0, help="seed of every random choice (same seed, same file)")
+    mdvp.set_defaults(func=cmd_export_mdvp)
 
     stats = sub.add_parser("stats", help="dataset statistics (images, regions, concepts, captions, ...) and errors")
     stats.add_argument("output")
@@ -337,6 +360,17 @@ def cmd_export_som(args) -> int:
 
     summary = export_som(args.output, args.dest, fill_masks=args.masks, draw_boxes=args.boxes,
                          include_floating=args.floating, max_marks=args.max_marks, radius=args.mark_radius)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_mdvp(args) -> int:
+    from grand.export.mdvp import TASKS, export_mdvp
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else TASKS
+    summary = export_mdvp(args.output, args.dest, tasks=tasks, points_per_object=args.points_per_object,
+                          box_noise=args.box_noise, region_prompt_type=args.region_prompt,
+                          max_prompts=args.max_prompts, include_floating=not args.no_floating, seed=args.seed)
     print(json.dumps(summary, indent=1))
     return 0
 
