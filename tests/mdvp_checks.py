@@ -46,3 +46,36 @@ def check_mdvp_sample(rec: dict, objects: dict[int, dict]) -> None:
     if "bbox" in rec:
         np.testing.assert_allclose(rec["bbox"], [[b[0], b[1], b[2] - b[0], b[3] - b[1]]
                                                  for b in (p["box"] for p in prompts)])
+
+
+def first_mentions(pattern: str, turns: list[dict]) -> list[int]:
+    seen = []
+    for t in turns:
+        for m in re.findall(pattern, t["value"]):
+            if int(m) not in seen:
+                seen.append(int(m))
+    return seen
+
+
+def check_gpt4roi(rec: dict) -> None:
+    text = [t["value"] for t in rec["conversations"]]
+    assert text[0].startswith("The <image> provides an overview of the picture.\n")
+    assert [t["from"] for t in rec["conversations"]] == ["human", "gpt"] * (len(text) // 2)
+    # One <bbox> per box, introduced in box order: GPT4RoI swaps them for the boxes' RoI features.
+    assert sum(t.count("<bbox>") for t in text) == len(rec["bboxes"])
+    assert [int(m) for t in text for m in re.findall(r"region(\d+) <bbox>", t)] == list(range(1, len(rec["bboxes"]) + 1))
+    assert first_mentions(r"region(\d+)", rec["conversations"]) == list(range(1, len(rec["bboxes"]) + 1))
+    for x1, y1, x2, y2 in rec["bboxes"]:
+        assert 0 <= x1 < x2 <= rec["width"] and 0 <= y1 < y2 <= rec["height"]
+
+
+def check_osprey(rec: dict) -> None:
+    n = len(rec["annotation"])
+    assert first_mentions(r"<region(\d+)>", rec["conversations"]) == list(range(1, n + 1))
+    assert all("<image>" not in t["value"] for t in rec["conversations"])  # Osprey's loader adds it
+    assert [d.split(":")[0] for d in rec["description"]] == [f"<region{i}>" for i in range(1, n + 1)]
+    for ann in rec["annotation"]:
+        seg = ann["segmentation"]
+        # What Osprey's annToMask does: polygons through frPyObjects, compressed RLE as it is.
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, rec["height"], rec["width"])) if isinstance(seg, list) else seg
+        assert mask_utils.decode(rle).shape == (rec["height"], rec["width"]) and mask_utils.area(rle) > 0

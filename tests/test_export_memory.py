@@ -56,6 +56,8 @@ EXPORTS = {
     "gcg-short": lambda src, dest: export_gcg(str(src), str(dest / "gcg.jsonl"), source="short"),
     "refexp": lambda src, dest: export_refexp(str(src), str(dest / "refs.jsonl")),
     "regions": lambda src, dest: export_regions(str(src), str(dest / "regions.json")),
+    "regions-osprey": lambda src, dest: export_regions(str(src), str(dest / "osprey.json"), format="osprey"),
+    "refexp-negatives": lambda src, dest: export_refexp(str(src), str(dest / "neg.jsonl"), negatives=3),
     "coco": lambda src, dest: export_coco(str(src), str(dest / "coco.json")),
     "mdvp": lambda src, dest: export_mdvp(str(src), str(dest / "mdvp.jsonl"), points_per_object=2, box_noise=0.1),
     "stats": lambda src, dest: dataset_stats(str(src)),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from mdvp_checks import check_mdvp_sample
+from mdvp_checks import check_gpt4roi, check_mdvp_sample, check_osprey
 from pycocotools import mask as mask_utils
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
@@ -68,6 +68,17 @@ def check_exports(out: Path, tmp: Path, n_images: int) -> None:
     for s in samples:
         row = level2[s["image_id"]]
         check_mdvp_sample(s, {o["id"]: o for o in row["objects"] + row["floating_objects"]})
+
+    for fmt, check in (("gpt4roi", check_gpt4roi), ("osprey", check_osprey)):
+        export_regions(str(out), str(tmp / f"{fmt}.json"), format=fmt, all_regions=True)
+        for rec in json.loads((tmp / f"{fmt}.json").read_text()):
+            check(rec)
+    export_refexp(str(out), str(tmp / "negatives.jsonl"), negatives=3)
+    for line in (tmp / "negatives.jsonl").read_text().splitlines():
+        ref = json.loads(line)
+        if ref["negative"] and ref["negative_kind"] == "absent_label":
+            objs = level2[ref["image_id"]]["objects"] + level2[ref["image_id"]]["floating_objects"]
+            assert ref["category"] not in {lab for o in objs for lab in [o["label"], *o["labels"]]}
 
 
 def test_exports_of_a_tiny_run(combined, tmp_path: Path) -> None:

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     refexp.add_argument("--kinds", default="attribute,relationship",
                         help="comma-separated expression kinds: attribute, relationship (default both)")
     refexp.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    refexp.add_argument("--negatives", type=int, default=0, metavar="N",
+                        help="also up to N hard negatives per image (a label no model found there, or a present "
+                             "label with another object's attribute), answered 'not present', marked negative: true")
+    refexp.add_argument("--seed", type=int, default=0, help="with --negatives: seed of the draw")
     refexp.set_defaults(func=cmd_export_refexp)
 
     regions = esub.add_parser("regions", help="region <-> description pairs with boxes and masks (GPT4RoI / Osprey)",
@@ -159,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     regions.add_argument("--all-regions", action="store_true",
                          help="also regions without descriptions (their label stands in as description)")
     regions.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
+    regions.add_argument("--format", choices=["grand", "gpt4roi", "osprey"], default="grand",
+                         help="grand: the records above (default); gpt4roi / osprey: multi-region conversations in "
+                              "that project's training layout (region1 <bbox> + bboxes / <region1> + masks)")
+    regions.add_argument("--seed", type=int, default=0, help="gpt4roi/osprey: seed of the question phrasings")
     regions.set_defaults(func=cmd_export_regions)
 
     som = esub.add_parser("som", help="Set-of-Mark images (numbered marks on regions) + 'list items one by one' text",
@@ -341,7 +349,8 @@ def cmd_export_refexp(args) -> int:
     from grand.export.refexp import export_refexp
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    summary = export_refexp(args.output, args.dest, kinds=kinds, include_floating=not args.no_floating)
+    summary = export_refexp(args.output, args.dest, kinds=kinds, include_floating=not args.no_floating,
+                            negatives=args.negatives, seed=args.seed)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -350,7 +359,7 @@ def cmd_export_regions(args) -> int:
     from grand.export.regions import export_regions
 
     summary = export_regions(args.output, args.dest, per_region=args.per_region, all_regions=args.all_regions,
-                             include_floating=not args.no_floating)
+                             include_floating=not args.no_floating, format=args.format, seed=args.seed)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -54,8 +54,13 @@ def expressions(obj: dict, relationships: list[dict], kinds=KINDS) -> list[tuple
     return unique
 
 
-def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True) -> dict:
-    """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True, negatives: int = 0,
+                  seed: int = 0) -> dict:
+    """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines).
+    `negatives`: also up to that many hard negatives per image (grand.export.negatives), records
+    marked `negative: true`; the others then carry `negative: false`."""
+    if negatives < 0:
+        raise ValueError(f"--negatives must be 0 or more, got {negatives}")
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -64,7 +69,11 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
     require_levels(out, [1], "grand export refexp")
     if kinds == ("relationship",):
         require_levels(out, [2], "grand export refexp --kinds relationship")
-    n_objects = n_sentences = 0
+    n_objects = n_sentences = n_negatives = 0
+    if negatives:
+        from grand.export.negatives import label_vocabulary, negative_expressions, negative_record
+
+        vocabulary = label_vocabulary(out, include_floating)  # a first pass: the labels only
     with SampleWriter(dest) as writer:
         for rows in good_images(out, _COLUMNS):
             rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
@@ -89,5 +98,13 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
                     "floating": floating,
                     "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
                     "area": float(mask_area(seg)) if seg else box[2] * box[3], "sentences": sentences,
+                    **({"negative": False} if negatives else {}),
                 })
-    return {"dest": dest, "refs": n_objects, "sentences": n_sentences}
+            if negatives:
+                head = {"file_name": image_id, "image_id": image_id, "height": height, "width": width}
+                for kind, expr, label in negative_expressions(rows, vocabulary, negatives, seed, include_floating):
+                    n_objects += 1
+                    n_sentences += 1
+                    n_negatives += 1
+                    writer.write(negative_record(head, n_objects, n_sentences, kind, expr, label))
+    return {"dest": dest, "refs": n_objects, "sentences": n_sentences, **({"negatives": n_negatives} if negatives else {})}

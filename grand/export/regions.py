@@ -33,8 +33,17 @@ def _region(obj: dict, floating: bool) -> dict:
 
 
 def export_regions(output_uri: str, dest: str, per_region: bool = False, all_regions: bool = False,
-                   include_floating: bool = True) -> dict:
-    """Write region/description records of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+                   include_floating: bool = True, format: str = "grand", seed: int = 0) -> dict:
+    """Write region/description records of `output_uri` to `dest` (.json: a list; else JSON Lines).
+    `format` "gpt4roi" / "osprey": multi-region conversations in that project's layout instead
+    (grand.export.region_chat)."""
+    if format != "grand":
+        if per_region:
+            raise ValueError("--per-region applies to --format grand only (gpt4roi/osprey write one record per image)")
+        from grand.export.region_chat import export_region_chat
+
+        return export_region_chat(output_uri, dest, format, all_regions=all_regions,
+                                  include_floating=include_floating, seed=seed)
     out = OutputDir(output_uri)
     require_levels(out, [1], "grand export regions")
     n_images = n_regions = n_pairs = 0
