@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("--max-shard-mb", type=float, default=500, help="largest Parquet file, in MB (default 500)")
     hf.add_argument("--overwrite", action="store_true", help="replace the Parquet files already in DEST/data")
     hf.add_argument("--push-to-hub", metavar="REPO", default=None,
-                    help="then upload DEST to this Hub dataset repo (needs network and `hf auth login`)")
+                    help="then upload DEST to this Hub dataset repo, created private (needs network and `hf auth login`)")
+    hf.add_argument("--public", action="store_true",
+                    help="with --push-to-hub: create the repo public (or upload to an existing public one)")
+    hf.add_argument("--relative-sources", action="store_true",
+                    help="write `source` relative to the run's input root (no absolute paths or bucket names), "
+                         "and only the input's and output's names in the dataset card")
     hf.set_defaults(func=cmd_export_hf)
 
     gcg = esub.add_parser("gcg", help="grounded captions in the GranD-f layout (GLaMM's GCG training/eval format)",
@@ -331,7 +336,7 @@ def cmd_export_hf(args) -> int:
 
     summary = export_hf(args.output, args.dest, embed_images=args.embed_images, levels=_levels_arg(args.levels),
                         max_shard_bytes=int(args.max_shard_mb * 1000 * 1000), overwrite=args.overwrite,
-                        push_to_hub=args.push_to_hub)
+                        push_to_hub=args.push_to_hub, public=args.public, relative_sources=args.relative_sources)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from grand.export import shard_names
+from grand.export.privacy import redacted_manifest, relative_source, strip_metadata
 from grand.export.rows import Committed, LEVELS, ImageReader, image_rows, ok, require_levels
 from grand.export.stats import dataset_stats, stats_text, summary_table
+from grand.io.manifest import load_plan
 from grand.io.output import OutputDir
 from grand.schema import SCHEMA_VERSION, SCHEMAS
 
@@ -194,19 +196,26 @@ def export_hf(
     rows_per_group: int | None = None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    public: bool = False,
+    relative_sources: bool = False,
 ) -> dict:
     """Write the Hugging Face dataset folder of `output_uri` to `dest` (local path or fsspec URI).
 
     `levels`: which levels' columns to include (default: every level with committed shards).
     `embed_images`: re-read each image through the folder's shard plan and store its bytes (as the
-    pipeline saw them: EXIF-rotated images are stored upright, so boxes and masks line up).
+    pipeline saw them: EXIF-rotated images are stored upright, so boxes and masks line up), without
+    their EXIF/XMP/IPTC metadata (grand.export.privacy.strip_metadata).
     `push_to_hub`: a Hub repo id ("user/name") to upload `dest` to afterwards (needs network and a
-    token, see huggingface_hub). Returns a summary dict.
+    token, see huggingface_hub); the repo is created private unless `public`.
+    `relative_sources`: write `source` relative to the run's input root, and only the input's and
+    the output folder's names in the card. Returns a summary dict.
     """
     try:
         import datasets  # noqa: F401  (the features metadata is datasets' own format)
     except ImportError:
         raise ValueError("`grand export hf` needs the `datasets` package: pip install datasets==5.2.0") from None
+    if public and not push_to_hub:
+        raise ValueError("--public only applies with --push-to-hub REPO")
     out = OutputDir(output_uri)
     available = [lv for lv in LEVELS if out.committed_shards(lv)]
     if levels is None:
@@ -221,6 +230,7 @@ def export_hf(
         require_levels(out, missing[:1], "grand export hf")
     columns = annotation_columns(levels)
     schema = hf_schema(levels, embed_images)
+    input_root = _input_root(out) if relative_sources else None
 
     fs, root = fsspec.core.url_to_fs(dest)
     root = root.rstrip("/")
@@ -236,10 +246,13 @@ def export_hf(
         images = reader.shard(shard) if reader is not None else None
         for rows in image_rows(out, shard, read_levels, committed=committed):
             rec = joined_record(rows, levels, columns)
+            if input_root is not None and rec.get("source"):
+                rec["source"] = relative_source(rec["source"], input_root)
             size = 0
             if images is not None:
                 data = images.get(int(rec["index"]), rec["image_id"]) if ok(rows.get(1)) else None
                 missing_images += data is None and ok(rows.get(1))
+                data = strip_metadata(data) if data else data  # GPS & co. stay home; pixels unchanged
                 rec["image"] = {"bytes": data, "path": PurePosixPath(rec["image_id"]).name} if data else None
                 size = len(data or b"")
             pieces.add(rec, size)
@@ -249,14 +262,26 @@ def export_hf(
 
     stats = dataset_stats(output_uri, levels)
     manifest = out.read_json(out.manifest_path) or {}
-    card = dataset_card(stats, manifest, schema, levels, embed_images, pieces.rows, pieces.nbytes, output_uri)
+    shown_output = output_uri
+    if relative_sources:
+        manifest, shown_output = redacted_manifest(manifest), PurePosixPath(output_uri.rstrip("/")).name
+        stats = {**stats, "output": shown_output}
+    card = dataset_card(stats, manifest, schema, levels, embed_images, pieces.rows, pieces.nbytes, shown_output)
     with fs.open(f"{root}/README.md", "w", encoding="utf-8") as f:
         f.write(card)
     summary = {"dest": dest, "rows": pieces.rows, "ok": n_ok, "files": [PurePosixPath(p).name for p in files],
                "levels": levels, "embedded_images": embed_images, "unreadable_images": missing_images}
     if push_to_hub:
-        summary["pushed_to"] = push_folder(root, push_to_hub)
+        summary["pushed_to"] = push_folder(root, push_to_hub, public=public)
     return summary
+
+
+def _input_root(out: OutputDir) -> str:
+    plan = load_plan(out)
+    if plan is None:
+        raise ValueError(f"{out.uri!r} has no shard plan ({out.plan_path}), so the input root is unknown: "
+                         "export without --relative-sources")
+    return plan[0]
 
 
 def _prepare_dest(fs: fsspec.AbstractFileSystem, root: str, data_dir: str, overwrite: bool) -> None:
@@ -270,13 +295,17 @@ def _prepare_dest(fs: fsspec.AbstractFileSystem, root: str, data_dir: str, overw
     fs.makedirs(data_dir, exist_ok=True)
 
 
-def push_folder(folder: str, repo_id: str) -> str:
-    """Upload the dataset folder to the Hub as a dataset repo (created if needed); returns its URL.
-    Needs network access and a token (`hf auth login` or HF_TOKEN)."""
+def push_folder(folder: str, repo_id: str, public: bool = False) -> str:
+    """Upload the dataset folder to the Hub as a dataset repo (created if needed: private unless
+    `public`); returns its URL. An existing public repo is refused unless `public`: the data would
+    be published. Needs network access and a token (`hf auth login` or HF_TOKEN)."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=not public)
+    if not public and not api.dataset_info(repo_id).private:
+        raise ValueError(f"the Hub dataset repo {repo_id!r} already exists and is public: pass --public to upload "
+                         "to it anyway, or make it private on the Hub first")
     api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset",
                       commit_message="grand export hf")
     return f"https://huggingface.co/datasets/{repo_id}"
