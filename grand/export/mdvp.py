@@ -178,7 +178,7 @@ def _record(head: dict, task: str, n: int, sample: _Sample, question: str, answe
     if types == {"point"}:
         rec["points"] = [p["point"] for p in sample.prompts]
     elif types == {"box"}:
-        rec["bbox"] = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in (p["box"] for p in sample.prompts)]
+        rec["bbox"] = [[b[0], b[1], round(b[2] - b[0], 2), round(b[3] - b[1], 2)] for b in (p["box"] for p in sample.prompts)]
     rec["conversations"] = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}]
     return rec
 
