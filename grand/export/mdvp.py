@@ -92,8 +92,13 @@ def points_inside(mask: np.ndarray, k: int, rng: np.random.Generator) -> list[li
     """Up to `k` distinct pixels [x, y] of `mask`, away from its edge when it has an interior: a
     click on the boundary is ambiguous (which region was meant?), so pixels whose 4-neighbours are
     all inside are preferred; a region one or two pixels thick uses any of its pixels."""
-    interior = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > 1.0
-    ys, xs = np.nonzero(interior if interior.any() else mask)
+    ys, xs = np.nonzero(mask)
+    y0, x0 = ys.min(), xs.min()
+    crop = mask[y0:ys.max() + 1, x0:xs.max() + 1]  # the distance transform of the region's box only
+    interior = distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1] > 1.0
+    if interior.any():
+        ys, xs = np.nonzero(interior)
+        ys, xs = ys + y0, xs + x0
     take = rng.choice(len(ys), size=min(k, len(ys)), replace=False)
     return [[int(xs[i]), int(ys[i])] for i in sorted(take)]
 
