@@ -126,7 +126,7 @@ def export_region_chat(output_uri: str, dest: str, fmt: str, all_regions: bool =
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of grand, {', '.join(FORMATS)}; got {fmt!r}")
     if max_regions < 1:
-        raise ValueError(f"--max-regions must be at least 1, got {max_regions}")
+        raise ValueError(f"max_regions must be at least 1, got {max_regions}")
     out = OutputDir(output_uri)
     require_levels(out, [1], "grand export regions")
     n_records = n_regions = n_turns = 0
