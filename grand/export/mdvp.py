@@ -202,8 +202,10 @@ def image_samples(rows: dict, tasks: Sequence[str], points_per_object: int = 1, 
     masked = {o["id"]: usable_mask(o, width, height) for o in objects}
     out: list[dict] = []
 
-    def emit(task: str, groups: list[list[tuple[dict, str]]], rng: np.random.Generator) -> None:
-        """groups: per answer line, its prompts and that line's text (the text of the group's first)."""
+    def emit(task: str, groups: list[list[tuple[dict, str | None]]], rng: np.random.Generator) -> None:
+        """Samples of `groups` (lists of (prompt, text) kept in one sample), packed `max_prompts` marks
+        at a time. A prompt with a text starts an answer line; a prompt with None joins the line
+        before it (a phrase naming several regions: "<Mark 3>, <Mark 4>: two trees")."""
         for n, chunk in enumerate(chunks(groups, max_prompts)):
             sample, lines, line_marks = _Sample(), [], []
             for prompt, text in chunk:
