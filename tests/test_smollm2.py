@@ -145,12 +145,13 @@ def test_a_flagged_caption_is_regenerated_with_feedback_naming_the_missing_objec
 # -- through the pipeline --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2_run(combined, tmp_path_factory):
-    """Levels 3-4 of tiny.yaml (SmolLM2 on vLLM in a Ray actor, greedy, short replies) over the
-    `combined` run's levels 1-2."""
+    """Levels 3-4 of tiny.yaml over the `combined` run's levels 1-2: SmolLM2 in a Ray actor, greedy,
+    short replies, on the transformers backend (vLLM in a Ray actor is the `combined` run's; here it
+    would add a second engine start, and greedy replies are the same on both, tested above)."""
     _, both, expected = combined
     out = copy_levels(both, tmp_path_factory.mktemp("smollm2") / "out", (1, 2))
-    cfg = load_config(TINY, {"input": {"shard_size": 1},
-                             "level3": {"llm": {"generation": {"max_new_tokens": TOKENS, "temperature": 0.0}}}})
+    cfg = load_config(TINY, {"input": {"shard_size": 1}})
+    cfg.level3.llm = _spec(backend="transformers", options={})
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(out), levels=(3, 4)))
     assert summary.images == len(expected), summary.text()
     return out, expected
