@@ -62,13 +62,14 @@ def yolox_level2_records(images: Path, work: Path, yolox: Path) -> list[dict]:
             for r in sorted(rows, key=lambda r: r["image_id"]) if r["status"] == "ok"]
 
 
-def run_levels34(cfg, records: list[dict]) -> tuple[list[dict], list[str], float]:
-    """(dense caption dict, extra context) per record from the pipeline's own steps, and the seconds
-    the LLM step took (engine start excluded)."""
+def run_levels34(cfg, records: list[dict], batch_size: int | None = None) -> tuple[list[dict], list[str], float]:
+    """(dense caption dict, extra context) per record from the pipeline's own steps, batch_size
+    images per step call (default: the LLM's batch_size), and the seconds the LLM step took (engine
+    start excluded)."""
     from grand.runtime.level34_stages import LLMStep, scene_graph_step
 
     step = LLMStep(cfg.level3.llm, cfg.level3, cfg.level4, base_dir=str(cfg.base_dir))
-    size = cfg.level3.llm.batch_size
+    size = batch_size or cfg.level3.llm.batch_size
     captions, contexts, seconds = [], [], 0.0
     for start in range(0, len(records), size):
         chunk = records[start:start + size]
@@ -195,6 +196,8 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "pipelines" / "tiny.yaml"), help="its level3 / level4 sections are used")
     ap.add_argument("--images", default=str(SHARED / "data" / "tinycoco" / "images"))
     ap.add_argument("--yolox", default=str(SHARED / "weights" / "yolox_nano"), help="YOLOX ONNX folder for level 1")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="images per LLM step call (default: level3.llm.batch_size; the text does not depend on it)")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-batching", action="store_true")
     ap.add_argument("--batch-sizes", default="4,16", help="N of the batching comparison (comma-separated)")
@@ -209,7 +212,7 @@ def main() -> None:
         records = yolox_level2_records(Path(args.images), Path(work), Path(args.yolox))
     print(f"level 1 (YOLOX): {len(records)} images, {sum(len(r['objects']) for r in records)} objects", flush=True)
     if not args.no_quality:
-        captions, contexts, seconds = run_levels34(cfg, records)
+        captions, contexts, seconds = run_levels34(cfg, records, args.batch)
         result["levels34_seconds"] = seconds
         result["quality"] = quality_numbers(captions, contexts, cfg.level3.verification.max_attempts)
         result["examples"] = [{"image_id": r["image_id"], "dense_caption": c, "context": ctx}
