@@ -40,8 +40,9 @@ def _tiny_level3():
 
 
 def _spec(**kwargs) -> LLMSpec:
+    """tiny.yaml's LLM, greedy, short replies, both cores (prompts with their examples are ~400 tokens)."""
     spec = _tiny_level3().llm
-    return spec.model_copy(update={"generation": GenerationSpec(max_new_tokens=TOKENS, temperature=0.0), **kwargs})
+    return spec.model_copy(update={"generation": GenerationSpec(max_new_tokens=TOKENS, temperature=0.0), "threads": 2, **kwargs})
 
 
 def _checker() -> CaptionChecker:
@@ -152,6 +153,7 @@ def smollm2_run(combined, tmp_path_factory):
     out = copy_levels(both, tmp_path_factory.mktemp("smollm2") / "out", (1, 2))
     cfg = load_config(TINY, {"input": {"shard_size": 1}})
     cfg.level3.llm = _spec(backend="transformers", options={})
+    cfg.level3.verification.max_attempts = 2
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(out), levels=(3, 4)))
     assert summary.images == len(expected), summary.text()
     return out, expected
