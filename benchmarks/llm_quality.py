@@ -205,6 +205,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     args = ap.parse_args()
 
+    for flag, path in (("--images", args.images), ("--yolox", args.yolox)):
+        if not Path(path).exists():
+            ap.error(f"{flag} {path} not found (defaults: ../shared beside the checkout)")
     cfg = load_config(args.config)
     result: dict = {"llm": f"{cfg.level3.llm.checkpoint} on {cfg.level3.llm.backend}",
                     "max_attempts": cfg.level3.verification.max_attempts}

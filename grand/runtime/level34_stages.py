@@ -129,18 +129,6 @@ class LLMStep:
         record_step_time(batch, self.spec.name, time.perf_counter() - started, todo)
         return batch
 
-    def __del__(self) -> None:
-        # Ray Data drops the step object when its actor pool shuts down gracefully (UDF.__del__).
-        # Stopping the engine here, while the actor is whole, takes vLLM's engine and worker
-        # processes down in order; left to the actor's exit, their teardown printed
-        # multiprocessing resource_tracker KeyError tracebacks after the run's summary.
-        close = getattr(getattr(self, "llm", None), "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - shutting down: nothing left to report it to
-                pass
-
     def _run(self, batch: dict, rows: list[int]) -> None:
         from grand.models.base import LLMError
 
