@@ -86,13 +86,14 @@ def _dense_caption_lines(l3: dict) -> list[str]:
     verdict = f"verified at attempt {len(attempts)}" if dc["verified"] else f"flagged after {len(attempts)} attempts"
     lines = _wrapped(f"dense caption ({verdict}, {len(dc['details'])} grounded phrases): ", dc["caption"])
     for k, attempt in enumerate(attempts, 1):
-        if attempt["checklist"] is None:  # grand's own notes say why ("[grand] checklist could not be parsed ...")
-            notes = [ln[len(NOTE):] for ln in (attempt["reasoning"] or "").splitlines() if ln.startswith(NOTE)]
-            found = notes[-1] if notes else "not checked"
-        elif attempt["passed"]:
+        # grand's own notes say why a check gave no verdict ("[grand] checklist could not be parsed ...")
+        notes = [ln[len(NOTE):] for ln in (attempt["reasoning"] or "").splitlines() if ln.startswith(NOTE)]
+        if attempt["passed"]:
             found = f"checklist {attempt['checklist'][:6]}: all in the scene graph"
-        else:
+        elif attempt["missing"]:
             found = f"checklist {attempt['checklist'][:6]}: absent {attempt['missing'][:4]}"
+        else:
+            found = notes[-1] if notes else f"checklist {attempt['checklist'][:6]}"
         lines.append(f"        attempt {k}: {found}")
     return lines
 
