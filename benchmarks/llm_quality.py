@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 from grand.config import load_config  # noqa: E402
+from grand.models.registry import build_model  # noqa: E402
 
 
 def yolox_level2_records(images: Path, work: Path, yolox: Path) -> list[dict]:
@@ -131,7 +132,6 @@ def batching_numbers(cfg, records: list[dict], sizes: list[int], tokens: int) ->
     from grand.core.llm_prompts import dense_caption_conversation, load_level3_prompt
     from grand.core.scene_graph import build_scene_graph
     from grand.models.chat import prompt_token_ids
-    from grand.models.registry import build_model
 
     llm = build_model(cfg.level3.llm, cfg.base_dir)  # shares the quality run's engine (same settings)
     template = load_level3_prompt(cfg.level3.prompt_file, cfg.base_dir)
@@ -226,6 +226,10 @@ def main() -> None:
     print_tables(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    # stop the engine's processes now: left to interpreter exit, the script hung after its output
+    close = getattr(build_model(cfg.level3.llm, cfg.base_dir), "close", None)  # the shared engine again
+    if close is not None:
+        close()
 
 
 if __name__ == "__main__":
