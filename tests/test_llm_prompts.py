@@ -188,6 +188,27 @@ def test_parse_template_layouts():
     assert conv[-1]["content"] == "{x} <scene_graph>\na {b}\n</scene_graph> {}"
 
 
+def test_in_context_examples_as_chat_turns():
+    text = "[system]\nList objects.\n[user]\nA dog.\n[assistant]\nCHECKLIST: dog\n[user]\nA cat.\n[assistant]\nCHECKLIST: cat\n[user]\n{scene_graph}"
+    t = parse_template(text, SCENE_GRAPH_SLOT)
+    assert t.examples == (("A dog.", "CHECKLIST: dog"), ("A cat.", "CHECKLIST: cat")) and t.user == "{scene_graph}"
+    conv = build_conversation(text, SCENE_GRAPH_SLOT, "scene_graph", "a bird")
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert conv[2]["content"] == "CHECKLIST: dog" and conv[-1]["content"] == "<scene_graph>\na bird\n</scene_graph>"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[user]\nA dog.\n[assistant]\ndog", "last part must be [user]"),
+    ("[assistant]\ndog\n[user]\n{scene_graph}", "alternate [user] and [assistant]"),
+    ("[user]\nx\n[assistant]\na\n[assistant]\nb\n[user]\n{scene_graph}", "[assistant] appears twice in a row"),
+    ("[user]\n{scene_graph}\n[assistant]\na\n[user]\nthe request", "exactly once"),
+    ("[user]\nx {scene_graph}\n[assistant]\na\n[user]\n{scene_graph}", "not in an in-context example"),
+])
+def test_example_turn_errors(text, message):
+    with pytest.raises(PromptError, match=re.escape(message)):
+        parse_template(text, SCENE_GRAPH_SLOT)
+
+
 @pytest.mark.parametrize("text, message", [
     ("[system]\nno slot\n[user]\nnothing here", "exactly once"),
     ("[user]\n{scene_graph} and {scene_graph}", "exactly once"),

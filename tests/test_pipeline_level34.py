@@ -12,7 +12,7 @@ import pytest
 from grand.config import LLMSpec, load_config
 from grand.io.status import output_status
 from grand.runtime.pipeline import RunOptions, run_pipeline
-from pipeline_runs import GREEDY, TINY, copy_levels, rows
+from pipeline_runs import FAST_LLM, GREEDY, TINY, copy_levels, rows
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_levels_3_4_alone_over_level2_reproduce_the_combined_run(combined, tmp_p
     _, both, _ = combined
     out = copy_levels(both, tmp_path / "alone", (1, 2))
     before = {p.relative_to(out): p.read_bytes() for p in out.glob("level[12]/*.parquet")}
-    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY})
+    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY, **FAST_LLM})
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(out), levels=(3, 4)))
     assert summary.images == 6 and len(summary.shards_committed) == 6
     assert {p.relative_to(out): p.read_bytes() for p in out.glob("level[12]/*.parquet")} == before

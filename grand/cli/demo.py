@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from grand.core.dense_caption import NOTE
+
 # Real photographs that scikit-image ships inside its wheel (no download needed).
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
 
@@ -63,19 +65,42 @@ def show_example(output: str) -> str:
                          f"{len(l2['relationships'])} relationships")
         l3 = level3.get(row["image_id"])
         if l3 is not None:
-            dc = l3["dense_caption"]
-            if dc is not None:
-                lines.append(f"      dense caption ({'verified' if dc['verified'] else 'flagged'} after "
-                             f"{len(dc['attempts'])} attempts, {len(dc['details'])} grounded phrases): {dc['caption'][:70]!r}")
-                missing = dc["attempts"][-1]["missing"]
-                if missing:
-                    lines.append(f"        last check found absent: {missing[:4]}")
-            else:
-                lines.append(f"      dense caption: error ({l3['error']})")
+            lines += _dense_caption_lines(l3)
         l4 = level4.get(row["image_id"])
         if l4 is not None:
             text = l4["additional_context"]
-            lines.append(f"      extra context: {text[:70]!r}" if text is not None else f"      extra context: error ({l4['error']})")
-    lines.append("(tiny.yaml uses random-weight models: the pipeline is real, the predictions are noise;"
+            lines += (_wrapped("extra context: ", text) if text is not None
+                      else [f"      extra context: error ({l4['error']})"])
+    lines.append("(levels 1-2 of tiny.yaml use random-weight models: the pipeline is real, their predictions are"
+                 " noise; levels 3-4 write with the real SmolLM2-135M-Instruct from what those models found."
                  " pipelines/grand.yaml has the real checkpoints)")
     return "\n".join(lines)
+
+
+def _dense_caption_lines(l3: dict) -> list[str]:
+    """The dense caption, its verdict, and what each attempt's check found."""
+    dc = l3["dense_caption"]
+    if dc is None:
+        return [f"      dense caption: error ({l3['error']})"]
+    attempts = dc["attempts"]
+    verdict = f"verified at attempt {len(attempts)}" if dc["verified"] else f"flagged after {len(attempts)} attempts"
+    lines = _wrapped(f"dense caption ({verdict}, {len(dc['details'])} grounded phrases): ", dc["caption"])
+    for k, attempt in enumerate(attempts, 1):
+        # grand's own notes say why a check gave no verdict ("[grand] checklist could not be parsed ...")
+        notes = [ln[len(NOTE):] for ln in (attempt["reasoning"] or "").splitlines() if ln.startswith(NOTE)]
+        if attempt["passed"]:
+            found = f"checklist {attempt['checklist'][:6]}: all in the scene graph"
+        elif attempt["missing"]:
+            found = f"checklist {attempt['checklist'][:6]}: absent {attempt['missing'][:4]}"
+        else:
+            found = notes[-1] if notes else f"checklist {attempt['checklist'][:6]}"
+        lines.append(f"        attempt {k}: {found}")
+    return lines
+
+
+def _wrapped(label: str, text: str, limit: int = 400) -> list[str]:
+    """`label` and the text (cut at `limit` characters), wrapped under it."""
+    import textwrap
+
+    shown = text if len(text) <= limit else text[:limit].rstrip() + " ..."
+    return textwrap.wrap(repr(shown), width=110, initial_indent="      " + label, subsequent_indent="        ")

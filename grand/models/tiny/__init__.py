@@ -42,12 +42,17 @@ def build_tiny(arch: str, out_dir: Path) -> Path:
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for kilobyte-sized models are noise
     module, func = TINY_ARCHS[arch].split(":")
     builder = getattr(importlib.import_module(module), func)
-    out_dir = Path(out_dir)
+    return build_atomically(Path(out_dir), builder, _DONE_MARKER)
+
+
+def build_atomically(out_dir: Path, builder, done_marker: str) -> Path:
+    """Run `builder(tmp_dir)` in a temporary sibling of out_dir, mark it complete with `done_marker`,
+    then rename it to out_dir: readers see a whole checkpoint or none (also grand.models.packaged)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         builder(tmp)
-        (tmp / _DONE_MARKER).write_text(arch)
+        (tmp / done_marker).write_text(out_dir.name)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
