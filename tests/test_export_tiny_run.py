@@ -53,7 +53,7 @@ def check_exports(out: Path, tmp: Path, n_images: int) -> None:
     export_regions(str(out), str(tmp / "regions.json"), all_regions=True)
     assert isinstance(json.loads((tmp / "regions.json").read_text()), list)
     summary = export_som(str(out), str(tmp / "som"), fill_masks=True)
-    records = [json.loads(x) for x in (tmp / "som" / "som.jsonl").read_text().splitlines()]
+    records = json.loads((tmp / "som" / "som.json").read_text())
     assert len(records) == summary["images"]
     for rec in records:
         assert (tmp / "som" / rec["image"]).is_file()

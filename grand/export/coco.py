@@ -16,6 +16,7 @@ import fsspec
 
 from grand.core.rle import mask_area
 from grand.export import iter_rows, shard_names
+from grand.export.rows import has_mask
 from grand.io.output import OutputDir
 
 _ROW_COLUMNS = ["image_id", "status", "width", "height", "objects", "floating_objects"]
@@ -31,11 +32,11 @@ def _annotation(obj: dict, ann_id: int, image_id: int, floating: bool) -> dict:
     bbox = _coco_bbox(obj["bbox"])
     seg = obj.get("segmentation")
     ann: dict = {"id": ann_id, "image_id": image_id, "bbox": bbox}
-    if seg is not None:
+    if has_mask(seg):  # an all-zero RLE is no mask (it would be an annotation of area 0)
         rle = {"size": [int(seg["size"][0]), int(seg["size"][1])], "counts": seg["counts"]}
         ann.update(segmentation=rle, area=float(mask_area(rle)), has_mask=True)
     else:
-        # No mask (segmenter off): the box as a polygon keeps pycocotools' annToMask working,
+        # No mask (segmenter off, or an empty one): the box as a polygon keeps pycocotools' annToMask working,
         # and has_mask=False tells consumers it is not a real mask.
         x, y, w, h = bbox
         ann.update(segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], area=float(w * h), has_mask=False)

@@ -9,8 +9,8 @@ Expressions are the object's attributes (region descriptions, kind "attribute") 
 relationship phrases that name exactly this one object (kind "relationship"; a phrase linked to
 several objects refers to a group, not to one of them). `raw` is the text as written; `sent` and
 `tokens` are lower-cased words, as in RefCOCO. Objects come from level 2 (after phrase grounding)
-where the image's level-2 row is ok, else from level 1; objects without a mask keep their box and
-have `segmentation: null`.
+where the image's level-2 row is ok, else from level 1; objects without a mask (or with an all-zero
+one) keep their box and have `segmentation: null`. `file_name` follows grand.export.images.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 
 from grand.core.rle import mask_area
-from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, ok, require_levels
+from grand.export.images import LEVEL1_COLUMNS, MIN_SIDE, ImageFiles
+from grand.export.rows import SampleWriter, flagged_objects, good_images, has_mask, image_size, ok, require_levels
 from grand.io.output import OutputDir
 
 KINDS = ("attribute", "relationship")
 _COLUMNS = {
-    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    1: [*LEVEL1_COLUMNS, "objects", "floating_objects"],
     2: ["image_id", "status", "objects", "floating_objects", "relationships"],
 }
 
@@ -54,8 +55,10 @@ def expressions(obj: dict, relationships: list[dict], kinds=KINDS) -> list[tuple
     return unique
 
 
-def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True) -> dict:
-    """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True,
+                  images_dir: str | None = None, min_side: int = MIN_SIDE, check_images: bool = True) -> dict:
+    """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines).
+    `images_dir`, `min_side`, `check_images`: which image files records point at (grand.export.images)."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -65,16 +68,22 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
     if kinds == ("relationship",):
         require_levels(out, [2], "grand export refexp --kinds relationship")
     n_objects = n_sentences = 0
+    files = ImageFiles(out, images_dir, min_side, check_images)
     with SampleWriter(dest) as writer:
         for rows in good_images(out, _COLUMNS):
             rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
             width, height = image_size(rows)
             image_id = rows[1]["image_id"]
+            file_name = ...  # resolved at the image's first record (its image is written then)
             for obj, floating in flagged_objects(rows, include_floating):
                 exprs = expressions(obj, rels, kinds)
                 if not exprs:
                     continue
-                seg = obj.get("segmentation")
+                if file_name is ...:
+                    file_name = files.resolve(rows[1])
+                if file_name is None:
+                    break  # a skipped image (counted by `files`)
+                seg = obj["segmentation"] if has_mask(obj.get("segmentation")) else None
                 box = coco_box(obj["bbox"])
                 sentences = []
                 for kind, text in exprs:
@@ -84,10 +93,10 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
                                       "tokens": toks, "kind": kind})
                 n_objects += 1
                 writer.write({
-                    "ref_id": n_objects, "file_name": image_id, "image_id": image_id, "height": height,
+                    "ref_id": n_objects, "file_name": file_name, "image_id": image_id, "height": height,
                     "width": width, "object_id": obj["id"], "category": obj["label"],
                     "floating": floating,
                     "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
                     "area": float(mask_area(seg)) if seg else box[2] * box[3], "sentences": sentences,
                 })
-    return {"dest": dest, "refs": n_objects, "sentences": n_sentences}
+    return {"dest": dest, "refs": n_objects, "sentences": n_sentences, **files.summary()}
