@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from client_rules import check_glamm_sample, prepare_scripts_read
 from pycocotools import mask as mask_utils
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
@@ -18,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ imp
 def check_exports(out: Path, tmp: Path, n_images: int) -> None:
     from grand.eval.gcg import evaluate_gcg
     from grand.export import export_gcg, export_hf, export_refexp, export_regions, export_som
+    from grand.export.released import export_grand
 
     datasets = pytest.importorskip("datasets")
     export_hf(str(out), str(tmp / "hf"), embed_images=True)
@@ -34,22 +36,23 @@ def check_exports(out: Path, tmp: Path, n_images: int) -> None:
 
     for source, captioner in (("dense", None), ("short", "blip2")):
         dest = tmp / f"gcg_{source}.json"
-        export_gcg(str(out), str(dest), source=source, captioner=captioner)
+        summary = export_gcg(str(out), str(dest), source=source, captioner=captioner, images_dir=str(tmp / "img"))
         samples = json.loads(dest.read_text())
+        assert "img4.jpg" not in {s["image_id"] for s in samples} and summary["skipped_images"]  # 40 x 30
         for s in samples:
-            for phrase, g in s["groundings"].items():
-                start, end = g["token_positives"]
-                assert s["caption"][start:end] == phrase.split(" #")[0]
-                for rle in g["rle_masks"]:
-                    assert mask_utils.decode(rle).shape == (s["height"], s["width"])
+            check_glamm_sample(s, tmp / "img")  # raw image size = mask size, 0/1 targets, clean spans
+            if s["image_id"] == "img1.jpg":
+                assert s["file_name"] == "img1.png"  # EXIF-rotated input: its upright pixels, re-encoded
         if samples:
             r = evaluate_gcg(dest, dest, similarity=lambda a, b: np.ones((len(a), len(b))), captions=False)
             assert r["AP50"] == 1.0 and r["mIoU"] == 1.0 and r["recall"] == 1.0
 
+    grand = export_grand(str(out), str(tmp / "grand"), images_dir=str(tmp / "img"))
+    assert prepare_scripts_read(tmp / "grand")["images"] == grand["images"] > 0
     export_refexp(str(out), str(tmp / "refs.jsonl"))
     for line in (tmp / "refs.jsonl").read_text().splitlines():
         ref = json.loads(line)
-        assert ref["sentences"] and (ref["segmentation"] is None or mask_utils.area(ref["segmentation"]) >= 0)
+        assert ref["sentences"] and (ref["segmentation"] is None or mask_utils.area(ref["segmentation"]) > 0)
     export_regions(str(out), str(tmp / "regions.json"), all_regions=True)
     assert isinstance(json.loads((tmp / "regions.json").read_text()), list)
     summary = export_som(str(out), str(tmp / "som"), fill_masks=True)

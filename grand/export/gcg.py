@@ -146,7 +146,7 @@ def export_gcg(output_uri: str, dest: str, source: str = "dense", verified_only:
     model's, which gives one sample per image, as `grand eval gcg` wants of its ground truth).
     `verified_only`: leave out dense captions that failed verification. `images_dir`, `min_side`,
     `check_images`: which image files samples point at (grand.export.images). Returns counts."""
-    out = _open(output_uri, source, captioner)
+    out = output_for_gcg(output_uri, source, captioner)
     skipped: Counter = Counter()
     captions = phrases = 0
     files = ImageFiles(out, images_dir, min_side, check_images)
@@ -160,7 +160,7 @@ def export_gcg(output_uri: str, dest: str, source: str = "dense", verified_only:
             "skipped": dict(skipped.most_common()), **files.summary()}
 
 
-def _open(output_uri: str, source: str, captioner: str | None) -> OutputDir:
+def output_for_gcg(output_uri: str, source: str, captioner: str | None) -> OutputDir:
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if captioner is not None and source != "short":
