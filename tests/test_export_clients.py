@@ -142,10 +142,9 @@ def glamm_metrics(gt_dir: Path, pred_dir: Path, split: str = "val") -> dict:
         gt = COCO(str(gt_dir / f"{split}_gcg_coco_mask_gt.json"))
         caps = COCO(str(gt_dir / f"{split}_gcg_coco_caption_gt.json"))
     ids = [img["id"] for img in caps.dataset["images"]]
-    dets, labels = [], {}
+    dets = []
     for i in ids:
         p = json.load(open(pred_dir / f"{i}.json"))
-        labels[i] = p["phrases"]
         dets += [{"image_id": i, "category_id": 1, "segmentation": m, "score": 1.0} for m in p["pred_masks"]]
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(dets)
@@ -239,3 +238,20 @@ def test_eval_gcg_counts_no_empty_gt_mask(tmp_path: Path) -> None:
     r = evaluate_gcg(tmp_path / "pred.json", tmp_path / "gt.json", similarity=lambda a, b: np.ones((len(a), len(b))),
                      captions=False)
     assert (r["gt_phrases"], r["true_positives"], r["recall"]) == (1, 1, 1.0)
+
+
+def test_the_commands_as_a_user_types_them(out: Path, tmp_path: Path, capsys) -> None:
+    from grand.cli.main import main
+
+    def run(*argv: str) -> dict:
+        assert main(list(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    gcg = run("export", "gcg", str(out), str(tmp_path / "g.json"), "--images", str(tmp_path / "i"), "--min-side", "0")
+    assert gcg["images_written"] == 3 and gcg["skipped_images"] == {}
+    assert run("export", "grand", str(out), str(tmp_path / "gr"), "--per-shard", "--no-image-check")["files"] == 1
+    ev = run("export", "gcg-eval", str(out), str(tmp_path / "ev"), "--split", "test", "--images", str(tmp_path / "i2"))
+    assert ev["images"] == 2 and (tmp_path / "ev" / "test_gcg_coco_caption_gt.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "ev" / "predictions").iterdir()) == ["plain.json", "rot.json"]
+    assert run("export", "som", str(out), str(tmp_path / "som"), "--jsonl", "--mark-radius", "3")["images"] == 2
+    assert (tmp_path / "som" / "som.jsonl").is_file()

@@ -151,9 +151,9 @@ def export_gcg(output_uri: str, dest: str, source: str = "dense", verified_only:
     captions = phrases = 0
     files = ImageFiles(out, images_dir, min_side, check_images)
     with SampleWriter(dest) as writer:
-        for rows, samples in grounded_samples(out, source, captioner, verified_only, skipped, files):
-            captions += samples.pop("captions")
-            for sample in samples["samples"]:
+        for n, samples in grounded_samples(out, source, captioner, verified_only, skipped, files):
+            captions += n
+            for sample in samples:
                 phrases += len(sample["groundings"])
                 writer.write(sample)
     return {"dest": dest, "samples": writer.count, "captions": captions, "phrases": phrases,
@@ -171,20 +171,20 @@ def output_for_gcg(output_uri: str, source: str, captioner: str | None) -> Outpu
     return out
 
 
-def image_info(rows: dict[int, dict | None]) -> dict:
-    """What `ImageFiles` needs of an image: its level-1 row, or the fields any level has."""
+def image_info(rows: dict[int, dict | None], shard: str) -> dict:
+    """What `ImageFiles` needs of an image: its level-1 row, or the fields the other levels have."""
     if rows.get(1) is not None:
         return rows[1]
     row = next(r for r in rows.values() if r is not None)
     width, height = image_size(rows)
-    return {"image_id": row["image_id"], "shard": row.get("shard"), "index": row.get("index"), "source": None,
+    return {"image_id": row["image_id"], "shard": shard, "index": row["index"], "source": None,
             "width": width, "height": height}
 
 
 def grounded_samples(out: OutputDir, source: str, captioner: str | None, verified_only: bool, skipped: Counter,
-                     files: ImageFiles) -> Iterator[tuple[dict, dict]]:
-    """(rows, {"captions": n, "samples": [GranD-f sample, ...]}) per image with a level-`source` row,
-    in plan order; images whose samples are skipped (small, rotated input, unreadable) yield no samples."""
+                     files: ImageFiles) -> Iterator[tuple[int, list[dict]]]:
+    """(captions read, [GranD-f sample, ...]) per image with a level-`source` row, in plan order;
+    an image whose samples are skipped (small, rotated input, unreadable) yields none."""
     level = 3 if source == "dense" else 2
     levels = (1, 2, 3) if source == "dense" else (1, 2)
     committed = Committed(out)
@@ -195,7 +195,7 @@ def grounded_samples(out: OutputDir, source: str, captioner: str | None, verifie
             width, height = image_size(rows)
             size = (height, width) if width is not None else None
             masks = {o["id"]: o["segmentation"] for o in objects_of(rows) if has_mask(o.get("segmentation"), size)}
-            info = image_info(rows)
+            info = image_info(rows, shard)
             samples, n = [], 0
             for tag, raw_caption, details, verified in _captions(rows, source, captioner):
                 n += 1
@@ -216,4 +216,4 @@ def grounded_samples(out: OutputDir, source: str, captioner: str | None, verifie
             if samples:
                 name = files.resolve(info)
                 samples = [{"file_name": name, **s} for s in samples] if name is not None else []
-            yield rows, {"captions": n, "samples": samples}
+            yield n, samples

@@ -56,10 +56,10 @@ def export_gcg_eval(output_uri: str, dest: str, split: str = "val", source: str 
     mask_path = f"{root}/{split}_gcg_coco_mask_gt.json"
     with fs.open(mask_path + ".partial", "w", encoding="utf-8") as f:
         f.write('{"annotations": [')
-        for _, found in grounded_samples(out, source, captioner, verified_only, skipped, files):
-            if not found["samples"]:
+        for _, samples in grounded_samples(out, source, captioner, verified_only, skipped, files):
+            if not samples:
                 continue
-            sample = found["samples"][0]  # one caption per image (dense, or one captioner's)
+            sample = samples[0]  # one caption per image (dense, or one captioner's)
             gt = sample_from_dict(sample)
             image_id, k = posixpath.splitext(sample["file_name"])[0].replace("/", "_"), 1
             while image_id in used:

@@ -43,7 +43,8 @@ _SAME_FORMAT = {".jpg": {".jpg", ".jpeg", ".jpe"}, ".tif": {".tif", ".tiff"}}
 
 SKIP_SMALL = "image smaller than the minimum side"
 SKIP_ROTATED = "input image has an EXIF orientation (give --images DIR to write it upright)"
-SKIP_UNREADABLE = "input image can no longer be read"
+SKIP_UNREADABLE = ("input image can no longer be read (it must stay where the run read it; without --images, "
+                   "--no-image-check trusts the file names instead)")
 
 
 def _format_of(data: bytes) -> tuple[str | None, int]:
