@@ -117,3 +117,29 @@ def decoded(rle: dict) -> np.ndarray:
 
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
 
+
+
+def build_sa1b_tar_output(root: Path) -> Path:
+    """One SA-1B-style tar (`sa_000000.tar` holding `sa_223750.jpg`), planned and read by grand's
+    own source reader, with levels 1-3 of that one image."""
+    import tarfile
+
+    from grand.io.sources import read_shard
+
+    img = root / "sa_223750.jpg"
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img, quality=95)
+    with tarfile.open(root / "sa_000000.tar", "w") as tar:
+        tar.add(img, arcname="sa_223750.jpg")
+    (spec,) = plan_shards(str(root / "sa_000000.tar"), InputSpec())
+    (src,) = read_shard(spec, InputSpec())
+    assert src.image_id == "sa_223750"  # the member key: no extension
+    out = OutputDir(str(root / "tar_out"))
+    save_plan(out, str(root / "sa_000000.tar"), [spec])
+    objs = [_obj(1, "dog", (4, 4, 30, 30), 48, 64, source="sa1b_gt")]
+    caption = "A dog."
+    write_level(out, 1, spec.name, [Level1Row(src.image_id, src.source, spec.name, 0, "ok", width=64, height=48,
+                                              objects=objs)])
+    write_level(out, 2, spec.name, [Level2Row(src.image_id, spec.name, 0, "ok", objects=objs)])
+    write_level(out, 3, spec.name, [Level3Row(src.image_id, spec.name, 0, "ok", dense_caption=DenseCaption(
+        caption, True, [_span(caption, "A dog", [1])]))])
+    return Path(out.uri)

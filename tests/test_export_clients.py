@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_fixtures import PLAIN_DENSE, build_client_output, decoded
+from client_fixtures import PLAIN_DENSE, build_client_output, build_sa1b_tar_output, decoded
 from client_rules import check_glamm_sample, prepare_scripts_read
 from PIL import Image
 
@@ -61,7 +61,18 @@ def test_gcg_without_images_dir_skips_rotated_inputs(out: Path, tmp_path: Path) 
         check_glamm_sample(s, out.parent / "images")
 
 
-def test_file_names_keep_the_real_extension() -> None:
+def test_file_names_keep_the_real_extension(tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
+    from grand.export.coco import export_coco
+    from grand.export.gcg import export_gcg
+
+    tar_out = build_sa1b_tar_output(tmp_path)  # images read from an SA-1B-style tar
+    export_gcg(str(tar_out), str(tmp_path / "gcg.json"))
+    assert [s["file_name"] for s in json.loads((tmp_path / "gcg.json").read_text())] == ["sa_223750.jpg"]
+    export_coco(str(tar_out), str(tmp_path / "coco.json"))
+    assert [i["file_name"] for i in COCO(str(tmp_path / "coco.json")).dataset["images"]] == ["sa_223750.jpg"]
+
     assert input_file_name({"image_id": "sa_223750", "source": "s3://b/sa_000000.tar::sa_223750.jpg"}) == "sa_223750.jpg"
     assert input_file_name({"image_id": "a/b.png", "source": "/in/a/b.png"}) == "a/b.png"
     assert with_extension("x.JPEG", ".jpg") == "x.JPEG" and with_extension("x.jpg", ".png") == "x.png"
