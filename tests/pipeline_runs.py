@@ -39,7 +39,9 @@ def rows(out: Path, level: int) -> list[dict]:
 
 
 def make_images(folder: Path) -> dict[str, str]:
-    """Five photos (tinycoco when present, else generated) and one broken file: image_id -> status."""
+    """Five photos (tinycoco when present, else generated) and one broken file: image_id -> status.
+    img1.jpg carries EXIF orientation 6 (its raw pixels are not upright) and img4.jpg is tiny
+    (40 x 30, under the exports' 32 px minimum side): what trips the exports' clients."""
     folder.mkdir(parents=True)
     expected = {}
     sources = sorted((TINYCOCO / "images").glob("*.jpg"))[:5] if TINYCOCO.is_dir() else []
@@ -49,6 +51,15 @@ def make_images(folder: Path) -> dict[str, str]:
             shutil.copyfile(sources[k], folder / name)
         else:
             Image.effect_mandelbrot((320 + 40 * k, 240), (-2, -1.2, 1, 1.2), 60 + k).convert("RGB").save(folder / name)
+        if k in (1, 4):
+            with Image.open(folder / name) as im:
+                im = im.convert("RGB")
+            exif = Image.Exif()
+            if k == 1:
+                exif[0x0112] = 6  # "rotate 90° clockwise to view"
+            else:
+                im = im.resize((40, 30))
+            im.save(folder / name, quality=95, exif=exif.tobytes())
         expected[name] = "ok"
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     expected["broken.jpg"] = "error"

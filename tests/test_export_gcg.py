@@ -31,7 +31,7 @@ def test_dense_samples(out: Path, tmp_path: Path) -> None:
     dest = tmp_path / "gcg.json"
     summary = export_gcg(str(out), str(dest))
     assert summary == {"dest": str(dest), "samples": 1, "captions": 1, "phrases": 3,
-                       "skipped": {"no object with a mask": 1}}  # "them" names no object
+                       "skipped": {"no object with a mask": 1}, "skipped_images": {}}  # "them" names no object
     samples = json.loads(dest.read_text())  # a plain JSON list, as GLaMM's loader json.loads it
     (s,) = samples
     assert (s["file_name"], s["height"], s["width"], s["source"], s["verified"]) == ("a.png", 36, 48, "dense", True)
@@ -80,13 +80,16 @@ def test_groundings_rules() -> None:
     ]
     skipped: Counter = Counter()
     found = groundings(caption, details, masks, skipped)
-    assert list(found) == ["a dog", "a dog #2", "the big red ball"]
-    assert [g["token_positives"] for g in found.values()] == [[0, 5], [10, 15], [21, 37]]
+    # the repeated "a dog" is one grounding with both spans and both objects (one merged mask)
+    assert list(found) == ["a dog", "the big red ball"]
+    assert found["a dog"]["token_positives"] == [0, 5]
+    assert found["a dog"]["all_token_positives"] == [[0, 5], [10, 15]]
+    assert found["a dog"]["object_ids"] == [1, 2] and len(found["a dog"]["rle_masks"]) == 1
     assert skipped == {"overlaps an earlier phrase": 1, "span does not match the caption": 1,
                        "no object with a mask": 1}
     spans = [g["token_positives"] for g in found.values()]
     assert target_text(caption, spans) == glamm_tag_caption(caption, spans) == (
-        "<p> a dog </p> [SEG] and <p> a dog </p> [SEG] near <p> the big red ball </p> [SEG]")
+        "<p> a dog </p> [SEG] and a dog near <p> the big red ball </p> [SEG]")
 
 
 def test_verified_only_and_errors(out: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def check_geometry(rec: dict, bbox_xyxy) -> None:
 
 def test_refexp(out: Path, tmp_path: Path) -> None:
     dest = tmp_path / "refs.jsonl"
-    assert export_refexp(str(out), str(dest)) == {"dest": str(dest), "refs": 3, "sentences": 6}
+    assert export_refexp(str(out), str(dest)) == {"dest": str(dest), "refs": 3, "sentences": 6, "skipped_images": {}}
     refs = read_json_or_jsonl(dest)
     assert [(r["file_name"], r["object_id"], r["category"]) for r in refs] == [
         ("a.png", 1, "dog"), ("a.png", 2, "ball"), ("c.png", 1, "person")]
@@ -55,7 +55,7 @@ def test_refexp(out: Path, tmp_path: Path) -> None:
 
 def test_regions_per_image(out: Path, tmp_path: Path) -> None:
     dest = tmp_path / "regions.json"
-    assert export_regions(str(out), str(dest)) == {"dest": str(dest), "images": 2, "regions": 3, "pairs": 4}
+    assert export_regions(str(out), str(dest)) == {"dest": str(dest), "images": 2, "regions": 3, "pairs": 4, "skipped_images": {}}
     a, c = json.loads(dest.read_text())
     assert [(r["object_id"], r["descriptions"]) for r in a["regions"]] == [
         (1, ["brown dog", "a dog sitting on grass"]), (2, ["red ball"])]

@@ -97,7 +97,7 @@ def test_export_som(tmp_path: Path) -> None:
     # The fixture's images are 48 x 36: a small radius leaves room for every mark.
     summary = export_som(str(out), str(dest), fill_masks=True, draw_boxes=True, include_floating=True, radius=4)
     assert (summary["images"], summary["marks"], summary["marks_overlapping"]) == (2, 6, 0)
-    records = [json.loads(line) for line in (dest / "som.jsonl").read_text().splitlines()]
+    records = json.loads((dest / "som.json").read_text())  # a JSON list: what LLaVA's training code json.loads
     assert [r["id"] for r in records] == ["a.png", "c.png"]
     a = records[0]
     assert [m["object_id"] for m in a["marks"]] == [1, 2, 3, 4] and [m["mark"] for m in a["marks"]] == [1, 2, 3, 4]

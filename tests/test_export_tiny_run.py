@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 from mdvp_checks import check_gpt4roi, check_mdvp_sample, check_osprey
+from client_rules import check_glamm_sample, prepare_scripts_read
 from pycocotools import mask as mask_utils
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ imp
 def check_exports(out: Path, tmp: Path, n_images: int) -> None:
     from grand.eval.gcg import evaluate_gcg
     from grand.export import export_gcg, export_hf, export_refexp, export_regions, export_som
+    from grand.export.released import export_grand
 
     datasets = pytest.importorskip("datasets")
     export_hf(str(out), str(tmp / "hf"), embed_images=True)
@@ -33,28 +35,32 @@ def check_exports(out: Path, tmp: Path, n_images: int) -> None:
         assert row["objects"] == level2[row["image_id"]]["objects"]
         assert row["dense_caption"] == level3[row["image_id"]]["dense_caption"]
 
-    for source, captioner in (("dense", None), ("short", "blip2")):
-        dest = tmp / f"gcg_{source}.json"
-        export_gcg(str(out), str(dest), source=source, captioner=captioner)
+    n_samples = 0
+    for source, captioner in (("dense", None), ("short", "blip2"), ("short", None)):
+        dest = tmp / f"gcg_{source}_{captioner}.json"
+        export_gcg(str(out), str(dest), source=source, captioner=captioner, images_dir=str(tmp / "img"))
         samples = json.loads(dest.read_text())
+        assert "img4.jpg" not in {s["image_id"] for s in samples}  # 40 x 30: under the minimum side
+        n_samples += len(samples)
         for s in samples:
-            for phrase, g in s["groundings"].items():
-                start, end = g["token_positives"]
-                assert s["caption"][start:end] == phrase.split(" #")[0]
-                for rle in g["rle_masks"]:
-                    assert mask_utils.decode(rle).shape == (s["height"], s["width"])
-        if samples:
+            check_glamm_sample(s, tmp / "img")  # raw image size = mask size, 0/1 targets, clean spans
+            if s["image_id"] == "img1.jpg":
+                assert s["file_name"] == "img1.png"  # EXIF-rotated input: its upright pixels, re-encoded
+        if samples and (source == "dense" or captioner):  # one sample per image: a GT for grand eval gcg
             r = evaluate_gcg(dest, dest, similarity=lambda a, b: np.ones((len(a), len(b))), captions=False)
             assert r["AP50"] == 1.0 and r["mIoU"] == 1.0 and r["recall"] == 1.0
+    assert n_samples > 0  # the random models' short captions ground some phrases
 
+    grand = export_grand(str(out), str(tmp / "grand"), images_dir=str(tmp / "img"))
+    assert prepare_scripts_read(tmp / "grand")["images"] == grand["images"] > 0
     export_refexp(str(out), str(tmp / "refs.jsonl"))
     for line in (tmp / "refs.jsonl").read_text().splitlines():
         ref = json.loads(line)
-        assert ref["sentences"] and (ref["segmentation"] is None or mask_utils.area(ref["segmentation"]) >= 0)
+        assert ref["sentences"] and (ref["segmentation"] is None or mask_utils.area(ref["segmentation"]) > 0)
     export_regions(str(out), str(tmp / "regions.json"), all_regions=True)
     assert isinstance(json.loads((tmp / "regions.json").read_text()), list)
     summary = export_som(str(out), str(tmp / "som"), fill_masks=True)
-    records = [json.loads(x) for x in (tmp / "som" / "som.jsonl").read_text().splitlines()]
+    records = json.loads((tmp / "som" / "som.json").read_text())
     assert len(records) == summary["images"]
     for rec in records:
         assert (tmp / "som" / rec["image"]).is_file()

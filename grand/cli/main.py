@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   grand export regions out/ out/regions.jsonl                        # region <-> description pairs
   grand export som out/ out/som --masks                              # Set-of-Mark images + listing text
   grand export mdvp out/ out/mdvp.jsonl                              # point/box/mask visual-prompt samples
+  grand export grand out/ out/grand                                  # GranD's released per-image JSON
+  grand export gcg-eval out/ out/gcg_eval --split val                # GLaMM's GCG evaluation layout
   grand eval gcg predictions.json out/gcg.json                       # AP50, mIoU, mask recall, METEOR, CIDEr
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     gcg.add_argument("--verified-only", action="store_true", help="leave out dense captions that failed verification")
     gcg.add_argument("--captioner", default=None,
                      help="with --source short: only this captioner's captions (one sample per image)")
+    _image_file_args(gcg)
     gcg.set_defaults(func=cmd_export_gcg)
 
     refexp = esub.add_parser("refexp", help="referring expressions (RefCOCO-like): object <-> phrases, box, mask",
@@ -157,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also up to N hard negatives per image (a label no model found there, or a present "
                              "label with another object's attribute), answered 'not present', marked negative: true")
     refexp.add_argument("--seed", type=int, default=0, help="with --negatives: seed of the draw")
+    _image_file_args(refexp)
     refexp.set_defaults(func=cmd_export_refexp)
 
     regions = esub.add_parser("regions", help="region <-> description pairs with boxes and masks (GPT4RoI / Osprey)",
@@ -172,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="grand: the records above (default); gpt4roi / osprey: multi-region conversations in "
                               "that project's training layout (region1 <bbox> + bboxes / <region1> + masks)")
     regions.add_argument("--seed", type=int, default=0, help="gpt4roi/osprey: seed of the question phrasings")
+    _image_file_args(regions)
     regions.set_defaults(func=cmd_export_regions)
 
     som = esub.add_parser("som", help="Set-of-Mark images (numbered marks on regions) + 'list items one by one' text",
                           description="Writes DEST/images/*.png with a numeric mark per region (at the distance-"
                                       "transform maximum inside its mask, beside regions too small to hold it) and "
-                                      "DEST/som.jsonl: marks, the SoM-LLaVA listing text and a LLaVA conversation.")
+                                      "DEST/som.json (a JSON list, as LLaVA's training code reads it): marks, the "
+                                      "SoM-LLaVA listing text and a LLaVA conversation.")
     som.add_argument("output", help="a grand output folder (its input images must still be readable)")
     som.add_argument("dest", help="folder to write")
     som.add_argument("--masks", action="store_true", help="also fill each region's mask with its colour")
@@ -185,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     som.add_argument("--floating", action="store_true", help="also mark floating objects (seen by one model)")
     som.add_argument("--max-marks", type=int, default=None, help="at most N marks per image (highest scores)")
     som.add_argument("--mark-radius", type=int, default=None, help="mark radius in pixels (default: from image size)")
+    som.add_argument("--jsonl", action="store_true", help="write DEST/som.jsonl (JSON Lines) instead of som.json")
+    som.add_argument("--min-side", type=int, default=32, metavar="PX",
+                     help="skip images whose shorter side is under PX pixels (default 32; 0 keeps all)")
     som.set_defaults(func=cmd_export_som)
 
     mdvp = esub.add_parser("mdvp", help="visual-prompt instructions (MDVP / SPHINX-V): points, boxes, masks as <Mark i>",
@@ -207,7 +216,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most N marks per sample (default 10, what SPHINX-V's loader reads)")
     mdvp.add_argument("--no-floating", action="store_true", help="leave out floating objects (seen by one model)")
     mdvp.add_argument("--seed", type=int, default=0, help="seed of every random choice (same seed, same file)")
+    _image_file_args(mdvp)
     mdvp.set_defaults(func=cmd_export_mdvp)
+    grand_fmt = esub.add_parser(
+        "grand", help="GranD's released per-image JSON layout (GLaMM's prepare_annotations scripts, Sa2VA loaders)",
+        description="DEST/<image>.json = {\"<file name>\": {objects, floating_objects, short_captions, "
+                    "dense_caption, relationships, landmark, additional_context}} per image, or one "
+                    "DEST/<shard>.json per shard with --per-shard. docs/exports.md lists every field.")
+    grand_fmt.add_argument("output", help="a grand output folder")
+    grand_fmt.add_argument("dest", help="folder to write")
+    grand_fmt.add_argument("--per-shard", action="store_true",
+                           help="one JSON object per shard holding all its images (default: one file per image)")
+    _image_file_args(grand_fmt)
+    grand_fmt.set_defaults(func=cmd_export_grand)
+
+    gcg_eval = esub.add_parser(
+        "gcg-eval", help="GCG ground truth in GLaMM's evaluation layout (eval/gcg/evaluate.py reads it)",
+        description="DEST/<split>_gcg_coco_mask_gt.json, DEST/<split>_gcg_coco_caption_gt.json (with labels) "
+                    "and DEST/predictions/<image id>.json: from --predictions, else the GT itself (an oracle).")
+    gcg_eval.add_argument("output", help="a grand output folder")
+    gcg_eval.add_argument("dest", help="folder to write (evaluate.py's --gt_dir_path)")
+    gcg_eval.add_argument("--split", choices=["val", "test"], default="val", help="the split's file names (default val)")
+    gcg_eval.add_argument("--source", choices=["dense", "short"], default="dense",
+                          help="dense: level-3 dense captions (default); short: one captioner's short captions")
+    gcg_eval.add_argument("--captioner", default=None, help="with --source short: the captioner whose captions are GT")
+    gcg_eval.add_argument("--verified-only", action="store_true", help="leave out dense captions that failed verification")
+    gcg_eval.add_argument("--predictions", default=None, metavar="PRED",
+                          help="predictions to lay out in DEST/predictions (what `grand eval gcg` reads); "
+                               "default: the GT itself")
+    _image_file_args(gcg_eval)
+    gcg_eval.set_defaults(func=cmd_export_gcg_eval)
 
     stats = sub.add_parser("stats", help="dataset statistics (images, regions, concepts, captions, ...) and errors")
     stats.add_argument("output")
@@ -314,6 +352,39 @@ def st_text(st: dict, list_shards: bool) -> str:
     return "\n".join(lines)
 
 
+def _image_file_args(parser) -> None:
+    """--images / --min-side / --no-image-check: which image files an export's samples point at."""
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="write each exported image to DIR exactly as grand annotated it (upright) and point "
+                             "file_name there (give DIR as the client's image folder)")
+    parser.add_argument("--min-side", type=int, default=32, metavar="PX",
+                        help="skip images whose shorter side is under PX pixels (default 32, GLaMM's limit; 0 keeps all)")
+    parser.add_argument("--no-image-check", action="store_true",
+                        help="without --images: do not re-read the inputs to skip EXIF-rotated ones (trust them)")
+
+
+def _image_file_kwargs(args) -> dict:
+    return {"images_dir": args.images, "min_side": args.min_side, "check_images": not args.no_image_check}
+
+
+def cmd_export_grand(args) -> int:
+    from grand.export.released import export_grand
+
+    summary = export_grand(args.output, args.dest, per_shard=args.per_shard, **_image_file_kwargs(args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export_gcg_eval(args) -> int:
+    from grand.export.gcg_eval import export_gcg_eval
+
+    summary = export_gcg_eval(args.output, args.dest, split=args.split, source=args.source, captioner=args.captioner,
+                              predictions=args.predictions, verified_only=args.verified_only,
+                              **_image_file_kwargs(args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_export_coco(args) -> int:
     from grand.export.coco import export_coco
 
@@ -345,7 +416,7 @@ def cmd_export_gcg(args) -> int:
     from grand.export.gcg import export_gcg
 
     summary = export_gcg(args.output, args.dest, source=args.source, verified_only=args.verified_only,
-                         captioner=args.captioner)
+                         captioner=args.captioner, **_image_file_kwargs(args))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -355,7 +426,8 @@ def cmd_export_refexp(args) -> int:
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     summary = export_refexp(args.output, args.dest, kinds=kinds, include_floating=not args.no_floating,
-                            negatives=args.negatives, seed=args.seed)
+                            negatives=args.negatives, seed=args.seed,
+                            **_image_file_kwargs(args))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -364,7 +436,8 @@ def cmd_export_regions(args) -> int:
     from grand.export.regions import export_regions
 
     summary = export_regions(args.output, args.dest, per_region=args.per_region, all_regions=args.all_regions,
-                             include_floating=not args.no_floating, format=args.format, seed=args.seed)
+                             include_floating=not args.no_floating, format=args.format, seed=args.seed,
+                             **_image_file_kwargs(args))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -373,7 +446,8 @@ def cmd_export_som(args) -> int:
     from grand.export.som import export_som
 
     summary = export_som(args.output, args.dest, fill_masks=args.masks, draw_boxes=args.boxes,
-                         include_floating=args.floating, max_marks=args.max_marks, radius=args.mark_radius)
+                         include_floating=args.floating, max_marks=args.max_marks, radius=args.mark_radius,
+                         records_name="som.jsonl" if args.jsonl else "som.json", min_side=args.min_side)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -384,7 +458,8 @@ def cmd_export_mdvp(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else TASKS
     summary = export_mdvp(args.output, args.dest, tasks=tasks, points_per_object=args.points_per_object,
                           box_noise=args.box_noise, region_prompt_type=args.region_prompt,
-                          max_prompts=args.max_prompts, include_floating=not args.no_floating, seed=args.seed)
+                          max_prompts=args.max_prompts, include_floating=not args.no_floating, seed=args.seed,
+                          **_image_file_kwargs(args))
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,7 +1,8 @@
 """GCG (grounded conversation generation) metrics, as GLaMM evaluates GranD-f.
 
 Each image has a ground-truth caption with phrases, one mask per phrase, and a prediction of the
-same shape. A phrase with several masks (GranD-f's `rle_masks`) is one instance: their union.
+same shape. A phrase with several masks (GranD-f's `rle_masks`) is one instance: their union. A GT
+phrase whose mask is empty is no instance; an empty predicted mask overlaps nothing (IoU 0).
 
 - AP50: COCOeval "segm" over all images, a single category, every predicted mask scored 1.0
   (pycocotools' own evaluation; AP at IoU 0.5, all areas, 100 detections).
@@ -92,9 +93,12 @@ def sample_from_dict(d: dict, key: str | None = None) -> GcgSample:
         for phrase, g in items:
             if not g.get("rle_masks"):
                 continue
+            mask = merge_masks(g["rle_masks"])
+            if not mask_utils.area({"size": mask["size"], "counts": mask["counts"].encode("ascii")}):
+                continue  # an all-zero mask is no GT instance (GLaMM's IoU of two empty masks is NaN: a "hit")
             span = g.get("token_positives")
             phrases.append(caption[span[0]:span[1]] if span and caption[span[0]:span[1]] else phrase)
-            masks.append(merge_masks(g["rle_masks"]))
+            masks.append(mask)
         return GcgSample(key, caption, phrases, masks)
     if "pred_masks" in d or "phrases" in d:
         phrases = [str(p) for p in d.get("phrases") or []]

@@ -16,9 +16,11 @@ import fsspec
 
 from grand.core.rle import mask_area
 from grand.export import iter_rows, shard_names
+from grand.export.images import input_file_name
+from grand.export.rows import has_mask
 from grand.io.output import OutputDir
 
-_ROW_COLUMNS = ["image_id", "status", "width", "height", "objects", "floating_objects"]
+_ROW_COLUMNS = ["image_id", "status", "width", "height", "source", "objects", "floating_objects"]
 
 
 def _coco_bbox(xyxy: list[float]) -> list[float]:
@@ -31,11 +33,11 @@ def _annotation(obj: dict, ann_id: int, image_id: int, floating: bool) -> dict:
     bbox = _coco_bbox(obj["bbox"])
     seg = obj.get("segmentation")
     ann: dict = {"id": ann_id, "image_id": image_id, "bbox": bbox}
-    if seg is not None:
+    if has_mask(seg):  # an all-zero RLE is no mask (it would be an annotation of area 0)
         rle = {"size": [int(seg["size"][0]), int(seg["size"][1])], "counts": seg["counts"]}
         ann.update(segmentation=rle, area=float(mask_area(rle)), has_mask=True)
     else:
-        # No mask (segmenter off): the box as a polygon keeps pycocotools' annToMask working,
+        # No mask (segmenter off, or an empty one): the box as a polygon keeps pycocotools' annToMask working,
         # and has_mask=False tells consumers it is not a real mask.
         x, y, w, h = bbox
         ann.update(segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], area=float(w * h), has_mask=False)
@@ -63,15 +65,18 @@ def _image_size(row: dict, level1_sizes: dict[str, tuple[int, int]]) -> tuple[in
     return None, None
 
 
-def _level1_sizes(out: OutputDir, shard: str) -> dict[str, tuple[int, int]]:
-    """image_id -> (width, height) of one level-1 shard (level-2 rows carry no image size)."""
+def _level1_sizes(out: OutputDir, shard: str, sources: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
+    """image_id -> (width, height) of one level-1 shard (level-2 rows carry no image size); fills
+    `sources` (image_id -> source, for the file name's real extension) when given."""
     if shard not in out.committed_shards(1):
         return {}
-    return {
-        r["image_id"]: (int(r["width"]), int(r["height"]))
-        for r in iter_rows(out, 1, shard, ["image_id", "width", "height"])
-        if r["width"] is not None and r["height"] is not None
-    }
+    sizes = {}
+    for r in iter_rows(out, 1, shard, ["image_id", "width", "height", "source"]):
+        if sources is not None:
+            sources[r["image_id"]] = r["source"]
+        if r["width"] is not None and r["height"] is not None:
+            sizes[r["image_id"]] = (int(r["width"]), int(r["height"]))
+    return sizes
 
 
 def export_coco(output_uri: str, dest: str, include_floating: bool = True, level: int | None = None) -> dict:
@@ -98,14 +103,17 @@ def export_coco(output_uri: str, dest: str, include_floating: bool = True, level
         f.write(', "licenses": [], "images": [')
         for shard in shards:
             lvl = level or (2 if shard in level2 else 1)
-            sizes = _level1_sizes(out, shard) if lvl == 2 else {}
+            sources: dict[str, str] = {}
+            sizes = _level1_sizes(out, shard, sources) if lvl == 2 else {}
             for row in iter_rows(out, lvl, shard, _ROW_COLUMNS):
                 if row["status"] != "ok":
                     skipped += 1
                     continue
                 n_images += 1
                 width, height = _image_size(row, sizes)
-                image = {"id": n_images, "file_name": row["image_id"], "width": width, "height": height}
+                name = input_file_name({"image_id": row["image_id"],
+                                        "source": row.get("source") or sources.get(row["image_id"])})
+                image = {"id": n_images, "file_name": name, "width": width, "height": height}
                 f.write(("" if n_images == 1 else ", ") + json.dumps(image))
                 groups = [(row.get("objects") or [], False)]
                 if include_floating:

@@ -34,7 +34,8 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from grand.core.rle import decode_mask, mask_area
-from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, ok, require_levels
+from grand.export.images import LEVEL1_COLUMNS, MIN_SIDE, ImageFiles
+from grand.export.rows import SampleWriter, flagged_objects, good_images, has_mask, image_size, ok, require_levels
 from grand.io.output import OutputDir
 
 TASKS = ("point-label", "box-label", "brief-description", "relationship", "inverse-grounding")
@@ -42,7 +43,7 @@ REGION_PROMPTS = ("box", "mask")
 MAX_PROMPTS = 10  # SPHINX-V's loader pads or cuts every sample's prompts to 10
 
 _COLUMNS = {
-    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    1: [*LEVEL1_COLUMNS, "objects", "floating_objects"],
     2: ["image_id", "status", "objects", "floating_objects", "relationships"],
     3: ["image_id", "status", "scene_graph", "dense_caption"],
 }
@@ -80,12 +81,7 @@ def mark(i: int) -> str:
 
 def usable_mask(obj: dict, width: int | None, height: int | None) -> bool:
     """The object has a non-empty mask of the image's size (empty masks never count)."""
-    seg = obj.get("segmentation")
-    if not seg or not seg.get("counts"):
-        return False
-    if width is not None and height is not None and [int(v) for v in seg["size"]] != [height, width]:
-        return False
-    return mask_area(seg) > 0
+    return has_mask(obj.get("segmentation"), None if width is None or height is None else (height, width))
 
 
 def points_inside(mask: np.ndarray, k: int, rng: np.random.Generator) -> list[list[int]]:
@@ -195,7 +191,7 @@ def image_samples(rows: dict, tasks: Sequence[str], points_per_object: int = 1, 
     l1 = rows[1]
     image_id = l1["image_id"]
     width, height = image_size(rows)
-    # `--images DIR` (issue 19) plugs in here: file_name/image become the copied image's path.
+    # file_name / image: the image's id here; export_mdvp replaces them by grand.export.images' file name
     head = {"image_id": image_id, "file_name": image_id, "image": image_id, "width": width, "height": height}
     objects = sorted((o for o, _ in flagged_objects(rows, include_floating)), key=lambda o: o["id"])
     by_id = {o["id"]: o for o in objects}
@@ -305,8 +301,10 @@ def _relations(rows: dict, by_id: dict) -> list[tuple[list[int], str, str]]:
 
 def export_mdvp(output_uri: str, dest: str, tasks: Sequence[str] = TASKS, points_per_object: int = 1,
                 box_noise: float = 0.0, region_prompt_type: str = "box", max_prompts: int = MAX_PROMPTS,
-                include_floating: bool = True, seed: int = 0) -> dict:
-    """Write the visual-prompt samples of `output_uri` to `dest` (.json: a list; else JSON Lines)."""
+                include_floating: bool = True, seed: int = 0, images_dir: str | None = None,
+                min_side: int = MIN_SIDE, check_images: bool = True) -> dict:
+    """Write the visual-prompt samples of `output_uri` to `dest` (.json: a list; else JSON Lines).
+    `images_dir`, `min_side`, `check_images`: which image files samples point at (grand.export.images)."""
     tasks = tuple(dict.fromkeys(tasks))
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
@@ -325,12 +323,20 @@ def export_mdvp(output_uri: str, dest: str, tasks: Sequence[str] = TASKS, points
         require_levels(out, [3], "grand export mdvp --tasks inverse-grounding")
     counts = dict.fromkeys(tasks, 0)
     n_images = 0
+    files = ImageFiles(out, images_dir, min_side, check_images)
     with SampleWriter(dest) as writer:
         for rows in good_images(out, _COLUMNS, levels=(1, 2, 3)):
             samples = image_samples(rows, tasks, points_per_object, box_noise, region_prompt_type, max_prompts,
                                     include_floating, seed)
-            n_images += bool(samples)
+            if not samples:
+                continue
+            file_name = files.resolve(rows[1])  # writes the image under images_dir
+            if file_name is None:
+                continue  # a skipped image (counted by `files`)
+            n_images += 1
             for s in samples:
+                s["file_name"] = s["image"] = file_name
                 counts[s["task"]] += 1
                 writer.write(s)
-    return {"dest": dest, "images": n_images, "samples": sum(counts.values()), "per_task": counts}
+    return {"dest": dest, "images": n_images, "samples": sum(counts.values()), "per_task": counts,
+            **files.summary()}

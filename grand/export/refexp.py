@@ -9,8 +9,8 @@ Expressions are the object's attributes (region descriptions, kind "attribute") 
 relationship phrases that name exactly this one object (kind "relationship"; a phrase linked to
 several objects refers to a group, not to one of them). `raw` is the text as written; `sent` and
 `tokens` are lower-cased words, as in RefCOCO. Objects come from level 2 (after phrase grounding)
-where the image's level-2 row is ok, else from level 1; objects without a mask keep their box and
-have `segmentation: null`.
+where the image's level-2 row is ok, else from level 1; objects without a mask (or with an all-zero
+one) keep their box and have `segmentation: null`. `file_name` follows grand.export.images.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 
 from grand.core.rle import mask_area
-from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, ok, require_levels
+from grand.export.images import LEVEL1_COLUMNS, MIN_SIDE, ImageFiles
+from grand.export.rows import SampleWriter, flagged_objects, good_images, has_mask, image_size, ok, require_levels
 from grand.io.output import OutputDir
 
 KINDS = ("attribute", "relationship")
 _COLUMNS = {
-    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    1: [*LEVEL1_COLUMNS, "objects", "floating_objects"],
     2: ["image_id", "status", "objects", "floating_objects", "relationships"],
 }
 
@@ -55,10 +56,12 @@ def expressions(obj: dict, relationships: list[dict], kinds=KINDS) -> list[tuple
 
 
 def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: bool = True, negatives: int = 0,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, images_dir: str | None = None, min_side: int = MIN_SIDE,
+                  check_images: bool = True) -> dict:
     """Write the referring expressions of `output_uri` to `dest` (.json: a list; else JSON Lines).
     `negatives`: also up to that many hard negatives per image (grand.export.negatives), records
-    marked `negative: true`; the others then carry `negative: false`."""
+    marked `negative: true`; the others then carry `negative: false`.
+    `images_dir`, `min_side`, `check_images`: which image files records point at (grand.export.images)."""
     if negatives < 0:
         raise ValueError(f"--negatives must be 0 or more, got {negatives}")
     kinds = tuple(kinds)
@@ -70,6 +73,7 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
     if kinds == ("relationship",):
         require_levels(out, [2], "grand export refexp --kinds relationship")
     n_objects = n_sentences = n_negatives = 0
+    files = ImageFiles(out, images_dir, min_side, check_images)
     if negatives:
         from grand.export.negatives import label_vocabulary, negative_expressions, negative_record
 
@@ -79,11 +83,16 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
             rels = (rows[2].get("relationships") or []) if ok(rows.get(2)) else []
             width, height = image_size(rows)
             image_id = rows[1]["image_id"]
+            file_name = ...  # resolved at the image's first record (its image is written then)
             for obj, floating in flagged_objects(rows, include_floating):
                 exprs = expressions(obj, rels, kinds)
                 if not exprs:
                     continue
-                seg = obj.get("segmentation")
+                if file_name is ...:
+                    file_name = files.resolve(rows[1])
+                if file_name is None:
+                    break  # a skipped image (counted by `files`)
+                seg = obj["segmentation"] if has_mask(obj.get("segmentation")) else None
                 box = coco_box(obj["bbox"])
                 sentences = []
                 for kind, text in exprs:
@@ -93,7 +102,7 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
                                       "tokens": toks, "kind": kind})
                 n_objects += 1
                 writer.write({
-                    "ref_id": n_objects, "file_name": image_id, "image_id": image_id, "height": height,
+                    "ref_id": n_objects, "file_name": file_name, "image_id": image_id, "height": height,
                     "width": width, "object_id": obj["id"], "category": obj["label"],
                     "floating": floating,
                     "bbox": box, "bbox_xyxy": [float(v) for v in obj["bbox"]], "segmentation": seg,
@@ -101,10 +110,15 @@ def export_refexp(output_uri: str, dest: str, kinds=KINDS, include_floating: boo
                     **({"negative": False} if negatives else {}),
                 })
             if negatives:
-                head = {"file_name": image_id, "image_id": image_id, "height": height, "width": width}
+                if file_name is ...:
+                    file_name = files.resolve(rows[1])
+                if file_name is None:
+                    continue  # a skipped image (counted by `files`)
+                head = {"file_name": file_name, "image_id": image_id, "height": height, "width": width}
                 for kind, expr, label in negative_expressions(rows, vocabulary, negatives, seed, include_floating):
                     n_objects += 1
                     n_sentences += 1
                     n_negatives += 1
                     writer.write(negative_record(head, n_objects, n_sentences, kind, expr, label))
-    return {"dest": dest, "refs": n_objects, "sentences": n_sentences, **({"negatives": n_negatives} if negatives else {})}
+    return {"dest": dest, "refs": n_objects, "sentences": n_sentences,
+            **({"negatives": n_negatives} if negatives else {}), **files.summary()}

@@ -25,6 +25,7 @@ from __future__ import annotations
 from grand.core.rle import mask_area
 from grand.export.mdvp import chunks, rng_for, usable_mask
 from grand.export.refexp import coco_box
+from grand.export.images import LEVEL1_COLUMNS, MIN_SIDE, ImageFiles
 from grand.export.rows import SampleWriter, flagged_objects, good_images, image_size, ok, require_levels
 from grand.io.output import OutputDir
 
@@ -33,7 +34,7 @@ MAX_REGIONS = 15  # GPT4RoI's and Osprey's loaders keep at most 15-20 regions pe
 GPT4ROI_BEGIN = "The <image> provides an overview of the picture.\n"
 
 _COLUMNS = {
-    1: ["image_id", "status", "width", "height", "objects", "floating_objects"],
+    1: [*LEVEL1_COLUMNS, "objects", "floating_objects"],
     2: ["image_id", "status", "objects", "floating_objects", "relationships"],
 }
 
@@ -120,9 +121,11 @@ def image_records(rows: dict, fmt: str, all_regions: bool = False, include_float
 
 
 def export_region_chat(output_uri: str, dest: str, fmt: str, all_regions: bool = False, include_floating: bool = True,
-                       max_regions: int = MAX_REGIONS, seed: int = 0) -> dict:
+                       max_regions: int = MAX_REGIONS, seed: int = 0, images_dir: str | None = None,
+                       min_side: int = MIN_SIDE, check_images: bool = True) -> dict:
     """Write `output_uri`'s multi-region conversations in format `fmt` to `dest` (.json: a list, what
-    both projects' loaders json.load; else JSON Lines)."""
+    both projects' loaders json.load; else JSON Lines). `images_dir`, `min_side`, `check_images`:
+    which image files records point at (grand.export.images)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of grand, {', '.join(FORMATS)}; got {fmt!r}")
     if max_regions < 1:
@@ -130,11 +133,20 @@ def export_region_chat(output_uri: str, dest: str, fmt: str, all_regions: bool =
     out = OutputDir(output_uri)
     require_levels(out, [1], "grand export regions")
     n_records = n_regions = n_turns = 0
+    files = ImageFiles(out, images_dir, min_side, check_images)
     with SampleWriter(dest) as writer:
         for rows in good_images(out, _COLUMNS):
-            for rec in image_records(rows, fmt, all_regions, include_floating, max_regions, seed):
+            records = image_records(rows, fmt, all_regions, include_floating, max_regions, seed)
+            if not records:
+                continue
+            file_name = files.resolve(rows[1])  # writes the image under images_dir
+            if file_name is None:
+                continue  # a skipped image (counted by `files`)
+            for rec in records:
+                rec["file_name"] = file_name
                 n_records += 1
                 n_regions += len(rec.get("bboxes") or rec.get("annotation") or [])
                 n_turns += len(rec["conversations"]) // 2
                 writer.write(rec)
-    return {"dest": dest, "format": fmt, "records": n_records, "regions": n_regions, "questions": n_turns}
+    return {"dest": dest, "format": fmt, "records": n_records, "regions": n_regions, "questions": n_turns,
+            **files.summary()}

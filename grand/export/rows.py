@@ -16,6 +16,7 @@ from typing import IO
 import fsspec
 
 from grand.config import InputSpec
+from grand.core.rle import mask_area
 from grand.export import iter_rows, shard_names
 from grand.io.images import ImageDecodeError, prepare_image
 from grand.io.manifest import load_plan
@@ -198,6 +199,11 @@ class _ShardImages:
 
     def get(self, index: int, image_id: str) -> bytes | None:
         """The bytes of image `index`, or None (logged) when it can no longer be read or changed."""
+        got = self.get_both(index, image_id)
+        return None if got is None else got[1]
+
+    def get_both(self, index: int, image_id: str) -> tuple[bytes, bytes] | None:
+        """(the input file's own bytes, the prepared bytes) of image `index`, or None as `get`."""
         for src in self._it:
             if src.index < index:
                 continue
@@ -215,8 +221,29 @@ class _ShardImages:
             except ImageDecodeError as err:
                 log.warning("image %r of shard %s: %s", image_id, self._spec.name, err.reason)
                 return None
-            return data
+            return src.data, data
         return None
+
+
+# -- masks -------------------------------------------------------------------------------------------
+def has_mask(seg: dict | None, size: tuple[int, int] | None = None) -> bool:
+    """A real mask: an RLE with at least one foreground pixel (and of `size` (h, w) when given).
+    An all-zero RLE is no mask: clients would train on, or score, an empty target."""
+    if not seg or not seg.get("counts") or not seg.get("size"):
+        return False
+    if size is not None and [int(v) for v in seg["size"]] != [int(size[0]), int(size[1])]:
+        return False
+    return mask_area(seg) > 0
+
+
+def merged_mask(segs: Iterable[dict | None], size: tuple[int, int] | None = None) -> dict | None:
+    """The union (pycocotools `merge`) of the real masks among `segs`, or None when there is none.
+    One merged mask per phrase: GLaMM's and Sa2VA's loaders add a phrase's masks into one uint8
+    array, so overlapping objects given separately would make targets of 2s."""
+    from grand.eval.gcg import merge_masks
+
+    real = [s for s in segs if has_mask(s, size)]
+    return merge_masks(real) if real else None
 
 
 # -- output files ------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ free point left does a mark overlap another (reported as `overlaps`).
 
 Output folder `dest`:
     images/<image id>.png     the marked image (optional mask fills and box outlines)
-    som.jsonl (or the name given)   one record per image, LLaVA conversation style:
+    som.json (or the name given)   the records, one per image, LLaVA conversation style: a JSON list
+        (what LLaVA's LazySupervisedDataset json.loads), or JSON Lines when the name ends in .jsonl:
         {"id", "image": "images/...png", "file_name", "width", "height",
          "marks": [{"mark", "object_id", "label", "attributes", "x", "y", "radius", "inside", "overlaps"}],
          "text": "1. dog: brown dog\\n2. ball: red ball",
@@ -33,7 +34,8 @@ from scipy.ndimage import distance_transform_edt
 
 from grand.core.rle import decode_mask, mask_area
 from grand.export import shard_names
-from grand.export.rows import Committed, ImageReader, SampleWriter, image_rows, ok, require_levels
+from grand.export.images import MIN_SIDE
+from grand.export.rows import Committed, ImageReader, SampleWriter, has_mask, image_rows, ok, require_levels
 from grand.io.images import open_rgb
 from grand.io.output import OutputDir
 
@@ -183,11 +185,13 @@ def _image_name(image_id: str) -> str:
 
 def export_som(output_uri: str, dest: str, fill_masks: bool = False, draw_boxes: bool = False,
                include_floating: bool = False, max_marks: int | None = None, radius: int | None = None,
-               records_name: str = "som.jsonl") -> dict:
+               records_name: str = "som.json", min_side: int = MIN_SIDE) -> dict:
     """Write Set-of-Mark images and their records of `output_uri` into the folder `dest`.
     Regions: objects (and floating objects with `include_floating`) of level 2 where its row is ok,
     else level 1; at most `max_marks` per image (highest scores), numbered by object id.
-    `radius`: mark radius in pixels (default: from the image size and the widest number)."""
+    `radius`: mark radius in pixels (default: from the image size and the widest number).
+    `records_name`: .json gives a JSON list, .jsonl JSON Lines. Images whose shorter side is under
+    `min_side` pixels are skipped (counted)."""
     if max_marks is not None and max_marks < 1:
         raise ValueError(f"max_marks must be at least 1, got {max_marks}")
     if radius is not None and radius < 1:
@@ -198,7 +202,7 @@ def export_som(output_uri: str, dest: str, fill_masks: bool = False, draw_boxes:
     fs, root = fsspec.core.url_to_fs(dest)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
-    n_images = n_marks = beside = overlapping = unreadable = 0
+    n_images = n_marks = beside = overlapping = unreadable = small = 0
     used_names: set[str] = set()
     committed = Committed(out)
     with SampleWriter(f"{dest.rstrip('/')}/{records_name}") as writer:
@@ -215,6 +219,9 @@ def export_som(output_uri: str, dest: str, fill_masks: bool = False, draw_boxes:
                     objects = sorted(objects, key=lambda o: -(o.get("score") or 0.0))[:max_marks]
                 objects.sort(key=lambda o: o["id"])
                 if not objects:
+                    continue
+                if min(int(l1["width"]), int(l1["height"])) < min_side:
+                    small += 1
                     continue
                 data = images.get(int(l1["index"]), l1["image_id"])
                 if data is None:
@@ -256,7 +263,7 @@ def export_som(output_uri: str, dest: str, fill_masks: bool = False, draw_boxes:
                 n_images += 1
                 n_marks += len(marks)
     return {"dest": dest, "images": n_images, "marks": n_marks, "marks_beside_region": beside,
-            "marks_overlapping": overlapping, "unreadable_images": unreadable}
+            "marks_overlapping": overlapping, "unreadable_images": unreadable, "small_images": small}
 
 
 class _RegionMasks(Sequence):
@@ -278,8 +285,7 @@ class _RegionMasks(Sequence):
 
 
 def _has_mask(obj: dict, h: int, w: int) -> bool:
-    seg = obj.get("segmentation")
-    return bool(seg and seg.get("counts") and [int(v) for v in seg["size"]] == [h, w])
+    return has_mask(obj.get("segmentation"), (h, w))  # an all-zero mask is none: the box stands in
 
 
 def _region_mask(obj: dict, h: int, w: int) -> np.ndarray:
