@@ -23,6 +23,10 @@ EXAMPLES = """examples:
   grand export regions out/ out/regions.jsonl                        # region <-> description pairs
   grand export som out/ out/som --masks                              # Set-of-Mark images + listing text
   grand eval gcg predictions.json out/gcg.json                       # AP50, mIoU, mask recall, METEOR, CIDEr
+  grand eval objects out/ --gt instances.json                        # box/mask AP, recall, mask IoU vs COCO/LVIS
+  grand eval captions out/ --gt instances.json                       # CHAIR hallucination per captioner
+  grand report out/ --gt instances.json --dest report.html           # one self-contained HTML page
+  grand browse out/                                                  # web viewer on http://127.0.0.1:8765
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
   grand demo                                                          # sample photos end to end
@@ -204,6 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
     egcg.add_argument("--json", action="store_true", help="machine-readable output")
     egcg.set_defaults(func=cmd_eval_gcg)
 
+    eobj = evsub.add_parser("objects", help="objects against COCO/LVIS ground truth: box and mask AP, recall, "
+                                            "mask IoU, label accuracy, per-model contribution (docs/quality.md)",
+                            description="Compares the objects of OUTPUT (level 2 where ok, else level 1; what "
+                                        "`grand export coco` writes) with a COCO or LVIS instances file of the same "
+                                        "images, matched by file name. Metrics: docs/quality.md.")
+    eobj.add_argument("output", help="a grand output folder")
+    eobj.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
+    eobj.add_argument("--level", type=int, choices=[1, 2], default=None,
+                      help="evaluate this level's objects only (default: level 2 where ok, else level 1)")
+    eobj.add_argument("--no-floating", action="store_true",
+                      help="leave floating objects (seen by one model) out of AP (recall reports both anyway)")
+    eobj.add_argument("--label-map", default=None, metavar="JSON",
+                      help="a JSON object {label or word: GT category name} applied before the built-in mapping")
+    eobj.add_argument("--json", action="store_true", help="machine-readable output")
+    eobj.set_defaults(func=cmd_eval_objects)
+
+    ecap = evsub.add_parser("captions", help="CHAIR object hallucination of short and dense captions vs COCO/LVIS "
+                                             "ground truth (docs/quality.md)",
+                            description="Share of the objects a caption mentions that the image's ground truth "
+                                        "lacks (CHAIR_i) and of captions with at least one (CHAIR_s), per short "
+                                        "captioner, for the dense caption's first vs final attempt, and verified "
+                                        "vs flagged.")
+    ecap.add_argument("output", help="a grand output folder with level 2 and/or 3")
+    ecap.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
+    ecap.add_argument("--label-map", default=None, metavar="JSON",
+                      help="a JSON object {word: GT category name} applied before the built-in mapping")
+    ecap.add_argument("--json", action="store_true", help="machine-readable output")
+    ecap.set_defaults(func=cmd_eval_captions)
+
     demo = sub.add_parser("demo", help="run levels 1-4 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
@@ -365,6 +398,23 @@ def cmd_eval_gcg(args) -> int:
     print(f"CIDEr:       {fmt(r['CIDEr'])}")
     for note in r.get("notes") or []:
         print(f"note: {note}")
+    return 0
+
+
+def cmd_eval_objects(args) -> int:
+    from grand.eval.objects import evaluate_objects, objects_text
+
+    r = evaluate_objects(args.output, args.gt, level=args.level, include_floating=not args.no_floating,
+                         label_map=args.label_map)
+    print(json.dumps(r, indent=1) if args.json else objects_text(r))
+    return 0
+
+
+def cmd_eval_captions(args) -> int:
+    from grand.eval.captions import captions_text, evaluate_captions
+
+    r = evaluate_captions(args.output, args.gt, label_map=args.label_map)
+    print(json.dumps(r, indent=1) if args.json else captions_text(r))
     return 0
 
 
