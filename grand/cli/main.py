@@ -237,6 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     ecap.add_argument("--json", action="store_true", help="machine-readable output")
     ecap.set_defaults(func=cmd_eval_captions)
 
+    report = sub.add_parser("report", help="one self-contained HTML page: stats, charts, eval tables, examples",
+                            description="Writes an HTML page with no external URL (charts as inline SVG, example "
+                                        "images as data URIs) that can be mailed or opened anywhere: the runs and "
+                                        "models, dataset statistics, distributions, and with --gt / --gt-depth the "
+                                        "`grand eval` tables (docs/quality.md).")
+    report.add_argument("output", help="a grand output folder")
+    report.add_argument("--dest", required=True, help="HTML file to write")
+    report.add_argument("--gt", default=None, help="COCO or LVIS instances JSON: add the objects and captions eval")
+    report.add_argument("--gt-depth", default=None, metavar="DIR",
+                        help="folder of ground-truth depth maps: add the depth eval (needs level1.depth.store_map)")
+    report.add_argument("--examples", type=int, default=4, help="rendered example images to embed (default 4; 0: none)")
+    report.set_defaults(func=cmd_report)
+
+    browse = sub.add_parser("browse", help="local web viewer: page through images, masks, grounded captions",
+                            description="Serves a viewer of OUTPUT on http://HOST:PORT (default 127.0.0.1:8765): "
+                                        "a paged image list with filters, and per image its masks, boxes, grounded "
+                                        "captions, verification attempts, extra context and raw rows. Reads shards "
+                                        "lazily; serves nothing but this folder's rows and images.")
+    browse.add_argument("output", help="a grand output folder")
+    browse.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    browse.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    browse.set_defaults(func=cmd_browse)
+
     demo = sub.add_parser("demo", help="run levels 1-4 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
@@ -423,6 +447,21 @@ def cmd_stats(args) -> int:
 
     st = dataset_stats(args.output)
     print(json.dumps(st, indent=1) if args.json else stats_text(st))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from grand.viz.report import write_report
+
+    dest = write_report(args.output, args.dest, gt=args.gt, gt_depth=args.gt_depth, max_examples=args.examples)
+    print(f"wrote {dest}")
+    return 0
+
+
+def cmd_browse(args) -> int:
+    from grand.viz.browse import serve
+
+    serve(args.output, host=args.host, port=args.port)
     return 0
 
 
