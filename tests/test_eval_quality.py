@@ -220,3 +220,41 @@ def test_eval_captions_cli(output, tmp_path, capsys):
     assert main(["eval", "captions", str(output), "--gt", str(gt_file(tmp_path))]) == 0
     text = capsys.readouterr().out
     assert "short: blip2" in text and "dense: kept (final)" in text
+
+
+# -- report ------------------------------------------------------------------------------------------
+def test_report_is_one_self_contained_page(output, tmp_path, capsys):
+    import re
+    from html.parser import HTMLParser
+
+    dest = tmp_path / "site" / "report.html"
+    assert main(["report", str(output), "--gt", str(gt_file(tmp_path)), "--dest", str(dest)]) == 0
+    page = dest.read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page) + re.findall(r"url\(([^)]*)\)", page)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs), refs[:3]  # nothing to fetch
+    assert page.count("<svg") >= 5  # labels, objects, mask areas, top labels, attempts, error reasons
+    for title in ("Distinct labels per image", "Objects per image", "Mask area / image area",
+                  "Dense caption verification per attempt", "Error reasons per level",
+                  "Objects against ground truth", "Caption hallucination (CHAIR)", "recall@0.5, objects + floating"):
+        assert title in page, title
+    assert "71.4%" in page  # recall with floating objects, as `grand eval objects` says
+    assert page.count("<figure>") == 2  # a.png and c.png rendered, embedded
+
+    class Strict(HTMLParser):  # the page parses, every tag it opens is closed
+        def __init__(self):
+            super().__init__()
+            self.stack = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "img", "br", "line", "rect", "link", "input"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if tag in ("line", "rect"):
+                return
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+            self.stack.pop()
+
+    parser = Strict()
+    parser.feed(page)
+    assert parser.stack == []
