@@ -237,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     ecap.add_argument("--json", action="store_true", help="machine-readable output")
     ecap.set_defaults(func=cmd_eval_captions)
 
+    edep = evsub.add_parser("depth", help="stored depth maps vs ground-truth depth: AbsRel, delta < 1.25 after "
+                                          "per-image scale-and-shift alignment (docs/quality.md)",
+                            description="Needs level-1 maps stored with `--set level1.depth.store_map=true`. GT: "
+                                        "DIR/<image id without extension>.npy|png|tif (depth, any unit; 0 = none).")
+    edep.add_argument("output", help="a grand output folder")
+    edep.add_argument("--gt-depth", required=True, metavar="DIR", help="folder of ground-truth depth maps")
+    edep.add_argument("--gt-kind", choices=["depth", "disparity"], default="depth",
+                      help="the GT files hold depth (default) or inverse depth")
+    edep.add_argument("--max-depth", type=float, default=None, help="clamp aligned depth to this (default: GT max)")
+    edep.add_argument("--json", action="store_true", help="machine-readable output (with per-image values)")
+    edep.set_defaults(func=cmd_eval_depth)
+
     report = sub.add_parser("report", help="one self-contained HTML page: stats, charts, eval tables, examples",
                             description="Writes an HTML page with no external URL (charts as inline SVG, example "
                                         "images as data URIs) that can be mailed or opened anywhere: the runs and "
@@ -439,6 +451,14 @@ def cmd_eval_captions(args) -> int:
 
     r = evaluate_captions(args.output, args.gt, label_map=args.label_map)
     print(json.dumps(r, indent=1) if args.json else captions_text(r))
+    return 0
+
+
+def cmd_eval_depth(args) -> int:
+    from grand.eval.depth import depth_text, evaluate_depth
+
+    r = evaluate_depth(args.output, args.gt_depth, gt_kind=args.gt_kind, max_depth=args.max_depth)
+    print(json.dumps(r, indent=1) if args.json else depth_text(r))
     return 0
 
 

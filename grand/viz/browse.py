@@ -194,7 +194,7 @@ class BrowseIndex:
             "dense_caption": dense,
             "additional_context": (l4 or {}).get("additional_context") if l4 and l4.get("status") == "ok" else None,
             "tags": (l1 or {}).get("tags") or [],
-            "rows": {f"level{lv}": r for lv, r in rows.items()},
+            "rows": {f"level{lv}": _abridged(r) for lv, r in rows.items()},
         }
 
     def image_bytes(self, key: int) -> tuple[bytes, str]:
@@ -223,6 +223,14 @@ class BrowseIndex:
                 data, kind = buf.getvalue(), "image/png"
             return data, kind
         raise LookupError(f"image {e.image_id!r} can no longer be read from its input")
+
+
+def _abridged(row: dict) -> dict:
+    """The raw row for display: a stored depth map (kilobytes of base64) becomes its length."""
+    stats = row.get("depth_stats")
+    if stats and stats.get("map_png"):
+        row = {**row, "depth_stats": {**stats, "map_png": f"<{len(stats['map_png']):,} base64 characters>"}}
+    return row
 
 
 def _web_type(data: bytes) -> str | None:
