@@ -145,3 +145,17 @@ def test_viewer_of_a_tiny_run_in_a_real_browser(combined, tmp_path):
         server.server_close()
     assert shot.shape[0] == 900 and shot.std() > 20
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 500  # a photo, not a blank or error page
+
+
+def test_browse_cli_says_when_the_port_is_taken(tmp_path, capsys):
+    import socket
+
+    from grand.cli.main import main
+
+    out = build_output(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["browse", str(out), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

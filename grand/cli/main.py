@@ -213,15 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Compares the objects of OUTPUT (level 2 where ok, else level 1; what "
                                         "`grand export coco` writes) with a COCO or LVIS instances file of the same "
                                         "images, matched by file name. Metrics: docs/quality.md.")
-    eobj.add_argument("output", help="a grand output folder")
-    eobj.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
+    _ground_truth_args(eobj, "a grand output folder", "{label or word: GT category name}")
     eobj.add_argument("--level", type=int, choices=[1, 2], default=None,
                       help="evaluate this level's objects only (default: level 2 where ok, else level 1)")
     eobj.add_argument("--no-floating", action="store_true",
                       help="leave floating objects (seen by one model) out of AP (recall reports both anyway)")
-    eobj.add_argument("--label-map", default=None, metavar="JSON",
-                      help="a JSON object {label or word: GT category name} applied before the built-in mapping")
-    eobj.add_argument("--json", action="store_true", help="machine-readable output")
     eobj.set_defaults(func=cmd_eval_objects)
 
     ecap = evsub.add_parser("captions", help="CHAIR object hallucination of short and dense captions vs COCO/LVIS "
@@ -230,11 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "lacks (CHAIR_i) and of captions with at least one (CHAIR_s), per short "
                                         "captioner, for the dense caption's first vs final attempt, and verified "
                                         "vs flagged.")
-    ecap.add_argument("output", help="a grand output folder with level 2 and/or 3")
-    ecap.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
-    ecap.add_argument("--label-map", default=None, metavar="JSON",
-                      help="a JSON object {word: GT category name} applied before the built-in mapping")
-    ecap.add_argument("--json", action="store_true", help="machine-readable output")
+    _ground_truth_args(ecap, "a grand output folder with level 2 and/or 3", "{word: GT category name}")
     ecap.set_defaults(func=cmd_eval_captions)
 
     edep = evsub.add_parser("depth", help="stored depth maps vs ground-truth depth: AbsRel, delta < 1.25 after "
@@ -278,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _ground_truth_args(p: argparse.ArgumentParser, output_help: str, label_map_help: str) -> None:
+    """OUTPUT, --gt, --label-map and --json of `grand eval objects` / `captions`."""
+    p.add_argument("output", help=output_help)
+    p.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
+    p.add_argument("--label-map", default=None, metavar="JSON",
+                   help=f"a JSON object {label_map_help} applied before the built-in mapping")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _overrides(args) -> dict:

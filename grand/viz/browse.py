@@ -339,7 +339,11 @@ def make_server(output_uri: str, host: str = "127.0.0.1", port: int = 8765) -> T
 def serve(output_uri: str, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Build the index, print the URL and serve until Ctrl-C."""
     start = time.monotonic()
-    server = make_server(output_uri, host, port)
+    print(f"indexing {output_uri} ...", flush=True)
+    try:
+        server = make_server(output_uri, host, port)
+    except OSError as err:  # port taken, address not on this machine
+        raise ValueError(f"cannot listen on {host}:{port} ({err.strerror or err}): pick another --port") from None
     n = len(server.index.entries)  # type: ignore[attr-defined]
     h, p = server.server_address[:2]
     print(f"indexed {n:,} images in {time.monotonic() - start:.1f}s; viewer on http://{h}:{p}/  (Ctrl-C stops)",
