@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from grand.eval.categories import CategoryVocabulary, GroundTruth, load_ground_truth, load_label_map, match_images
+from grand.eval.categories import (
+    CategoryVocabulary, GroundTruth, load_ground_truth, load_label_map, match_images, output_image_ids,
+)
 from grand.export import shard_names
 from grand.export.rows import Committed, image_rows, ok, require_levels
 from grand.io.output import OutputDir
@@ -86,23 +88,25 @@ def evaluate_captions(output_uri: str, gt: str | GroundTruth, label_map: dict[st
     require_levels(out, levels, "grand eval captions")
     committed = Committed(out)
     columns = {2: ["image_id", "status", "short_captions"], 3: ["image_id", "status", "dense_caption"]}
-    rows_by_id: list[tuple[str, dict | None, dict | None]] = []
-    for shard in shard_names(out, levels):
-        for rows in image_rows(out, shard, levels, columns, committed=committed):
-            base = rows.get(2) or rows.get(3)
-            rows_by_id.append((base["image_id"], rows.get(2), rows.get(3)))
-    matched = match_images(truth, [r[0] for r in rows_by_id])
+    # Match on the ids first: only the matched images' captions are then read into the tallies.
+    image_ids = output_image_ids(output_uri, levels)
+    matched = match_images(truth, image_ids)
     if not matched:
         raise ValueError(f"no image of {output_uri!r} matches a file_name of the ground truth: give the "
                          "annotations of the images that were run")
 
+    def matched_rows():
+        for shard in shard_names(out, levels):
+            for rows in image_rows(out, shard, levels, columns, committed=committed):
+                base = rows.get(2) or rows.get(3)
+                if base["image_id"] in matched:
+                    yield base["image_id"], rows.get(2), rows.get(3)
+
     short: dict[str, HallucinationTally] = {}
     dense = {k: HallucinationTally() for k in ("first_attempt", "final", "verified", "flagged",
                                                "regenerated_first", "regenerated_final")}
-    for image_id, l2, l3 in rows_by_id:
-        gid = matched.get(image_id)
-        if gid is None:
-            continue
+    for image_id, l2, l3 in matched_rows():
+        gid = matched[image_id]
         here = present.get(gid, set())
         judge = judged.get(gid, set()) if judged is not None else None
         if ok(l2):
@@ -124,7 +128,7 @@ def evaluate_captions(output_uri: str, gt: str | GroundTruth, label_map: dict[st
     return {
         "output": output_uri,
         "ground_truth": "lvis" if truth.is_lvis else "coco",
-        "images": {"gt": len(gt_ids), "evaluated": len(matched), "output_without_gt": len(rows_by_id) - len(matched)},
+        "images": {"gt": len(gt_ids), "evaluated": len(matched), "output_without_gt": len(image_ids) - len(matched)},
         "short": {name: t.result() for name, t in sorted(short.items())},
         "dense": {k: t.result() for k, t in dense.items()},
     }

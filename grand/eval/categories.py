@@ -141,6 +141,21 @@ def match_images(gt: GroundTruth, image_ids: Iterable[str]) -> dict[str, int]:
     return out
 
 
+def output_image_ids(output_uri: str, levels: Sequence[int]) -> list[str]:
+    """Every image id of an output folder at the lowest of `levels` each shard has (only the id
+    column is read), so an evaluation can match the GT first and then keep only matched rows."""
+    from grand.export import iter_rows, shard_names
+    from grand.io.output import OutputDir
+
+    out = OutputDir(output_uri)
+    ids: list[str] = []
+    committed = {lv: out.committed_shards(lv) for lv in levels}
+    for shard in shard_names(out, levels):
+        base = next(lv for lv in sorted(levels) if shard in committed[lv])
+        ids.extend(r["image_id"] for r in iter_rows(out, base, shard, ["image_id"]))
+    return ids
+
+
 def _key(text: str) -> tuple[str, ...]:
     return tuple(singular_key(w) for w in words_of(text.replace("_", " ")))
 

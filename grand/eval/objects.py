@@ -39,7 +39,9 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from grand.eval.categories import CategoryVocabulary, GroundTruth, load_ground_truth, load_label_map, match_images
+from grand.eval.categories import (
+    CategoryVocabulary, GroundTruth, load_ground_truth, load_label_map, match_images, output_image_ids,
+)
 from grand.export import shard_names
 from grand.export.rows import Committed, flagged_objects, image_rows, require_levels
 from grand.io.output import OutputDir
@@ -59,13 +61,11 @@ def _rle(seg: dict) -> dict:
             "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
-def read_predictions(output_uri: str, level: int | None = None):
-    """Yield (image_id, status, [(object, is floating)]) for every image of the output folder."""
-    if level not in (None, 1, 2):
-        raise ValueError(f"level must be 1, 2 or None, got {level!r}")
+def read_predictions(output_uri: str, level: int | None = None, keep: set[str] | None = None):
+    """Yield (image_id, status, [(object, is floating)]) for every image of the output folder
+    (only those in `keep`, when given)."""
     out = OutputDir(output_uri)
     levels = (level,) if level else (1, 2)
-    require_levels(out, levels, "grand eval objects")
     committed = Committed(out)
     columns = {lv: _COLUMNS for lv in levels}
     for shard in shard_names(out, levels):
@@ -73,6 +73,8 @@ def read_predictions(output_uri: str, level: int | None = None):
             # flagged_objects prefers rows[2] when ok, else rows[1]: with --level, only that level.
             src = rows if level is None else {1: rows.get(level)}
             base = src.get(1) or rows.get(2)
+            if keep is not None and base["image_id"] not in keep:
+                continue
             yield base["image_id"], base.get("status"), flagged_objects(src, floating=True)
 
 
@@ -88,8 +90,18 @@ def evaluate_objects(
     truth = gt if isinstance(gt, GroundTruth) else load_ground_truth(gt)
     vocab = CategoryVocabulary(truth.categories, label_map=load_label_map(label_map) if isinstance(label_map, str)
                                else label_map)
-    predictions = list(read_predictions(output_uri, level))
-    matched = match_images(truth, [p[0] for p in predictions])
+    if level not in (None, 1, 2):
+        raise ValueError(f"level must be 1, 2 or None, got {level!r}")
+    require_levels(OutputDir(output_uri), (level,) if level else (1, 2), "grand eval objects")
+    # Match on the ids first: only the matched images' objects are then held in memory.
+    image_ids = output_image_ids(output_uri, (level,) if level else (1, 2))
+    matched = match_images(truth, image_ids)
+    if not matched:
+        raise ValueError(
+            f"no image of {output_uri!r} matches a file_name of the ground truth (e.g. GT "
+            f"{truth.dataset['images'][0]['file_name'] if truth.dataset['images'] else '-'!r}, output "
+            f"{image_ids[0] if image_ids else '-'!r}): give the annotations of the images that were run"
+        )
     coco_gt = truth.coco()
 
     evaluated: list[int] = []
@@ -100,10 +112,8 @@ def evaluate_objects(
     n_pred = {"objects": 0, "floating": 0}
     no_mask = 0
     allowed = _lvis_allowed(truth) if truth.is_lvis else None
-    for image_id, status, objs in predictions:
-        gid = matched.get(image_id)
-        if gid is None:
-            continue
+    for image_id, status, objs in read_predictions(output_uri, level, keep=set(matched)):
+        gid = matched[image_id]
         evaluated.append(gid)
         errors += status != "ok"
         kept = []
@@ -137,7 +147,7 @@ def evaluate_objects(
         "output": output_uri,
         "images": {"gt": len(gt_ids), "evaluated": len(evaluated), "error_rows": errors,
                    "gt_without_output": len(gt_ids - set(evaluated)),
-                   "output_without_gt": len(predictions) - len(evaluated)},
+                   "output_without_gt": len(image_ids) - len(evaluated)},
         "ground_truth": "lvis" if truth.is_lvis else "coco",
         "gt_instances": sum(1 for a in truth.dataset["annotations"]
                             if not a["iscrowd"] and a["image_id"] in evaluated_set),
@@ -145,12 +155,6 @@ def evaluate_objects(
         "include_floating": include_floating,
         "notes": [],
     }
-    if not evaluated:
-        raise ValueError(
-            f"no image of {output_uri!r} matches a file_name of the ground truth (e.g. GT "
-            f"{truth.dataset['images'][0]['file_name'] if truth.dataset['images'] else '-'!r}, output "
-            f"{predictions[0][0] if predictions else '-'!r}): give the annotations of the images that were run"
-        )
     n_ap = len(box_agnostic)
     result["unmapped"] = {"predictions": sum(unmapped.values()), "share": (sum(unmapped.values()) / n_ap) if n_ap else 0.0,
                           "top_labels": dict(unmapped.most_common(20))}
