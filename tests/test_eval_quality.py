@@ -258,3 +258,14 @@ def test_report_is_one_self_contained_page(output, tmp_path, capsys):
     parser = Strict()
     parser.feed(page)
     assert parser.stack == []
+
+
+def test_chart_bins_by_hand():
+    from grand.viz import charts
+
+    assert charts.integer_bins({0: 2, 3: 1}) == (["0", "1", "2", "3"], [2, 0, 0, 1])
+    labels, bins = charts.integer_bins({0: 1, 59: 1, 30: 5}, max_bins=30)  # step 2
+    assert labels[:2] == ["0-1", "2-3"] and len(bins) == 30 and bins[15] == 5 and bins[29] == 1
+    assert [charts.log_bin(v) for v in (1e-6, 1e-4, 0.01, 0.5, 1.0)] == [0, 0, 6, 11, 11]
+    svg = charts.bar_chart("t <&>", ["a"], {"x": [3], "y": [1]})
+    assert svg.count("<rect") == 4 and "t &lt;&amp;&gt;" in svg  # two bars, two legend swatches; escaped

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
 _W, _H = 520, 240
@@ -86,30 +86,37 @@ def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[
     return "".join(parts)
 
 
-def count_histogram(title: str, counts: Sequence[int], x_label: str, max_bins: int = 30) -> str:
-    """Histogram of non-negative integers (e.g. objects per image): one bar per value, or per
-    range of values when they span more than `max_bins`."""
-    if not counts:
-        return bar_chart(title, [], {"images": []}, x_label, "images")
-    hi = max(counts)
-    step = max(1, math.ceil((hi + 1) / max_bins))
-    bins = [0] * (hi // step + 1)
-    for c in counts:
-        bins[c // step] += 1
-    labels = [str(b * step) if step == 1 else f"{b * step}-{b * step + step - 1}" for b in range(len(bins))]
+def count_histogram(title: str, counts: Mapping[int, int], x_label: str, max_bins: int = 30) -> str:
+    """Histogram of non-negative integers given as {value: how many} (e.g. objects per image): one
+    bar per value, or per range of values when they span more than `max_bins`."""
+    labels, bins = integer_bins(counts, max_bins)
     return bar_chart(title, labels, {"images": bins}, x_label, "images")
 
 
-def log_histogram(title: str, values: Sequence[float], x_label: str, lo: float = 1e-4, bins_per_decade: int = 3) -> str:
-    """Histogram of values in (0, 1] on logarithmic bins from `lo` (e.g. mask area / image area)."""
-    decades = int(round(-math.log10(lo)))
-    n = decades * bins_per_decade
-    edges = [lo * 10 ** (k / bins_per_decade) for k in range(n + 1)]
-    counts = [0] * n
-    for v in values:
-        if v <= 0:
-            continue
-        k = int(math.floor((math.log10(max(v, lo)) - math.log10(lo)) * bins_per_decade))
-        counts[min(max(k, 0), n - 1)] += 1
-    labels = [f"{edges[k]:.2g}" for k in range(n)]
-    return bar_chart(title, labels, {"masks": counts}, x_label, "masks")
+def integer_bins(counts: Mapping[int, int], max_bins: int = 30) -> tuple[list[str], list[int]]:
+    """(bin labels, totals) of {value: how many}, values 0..max in at most `max_bins` equal ranges."""
+    hi = max(counts, default=0)
+    step = max(1, math.ceil((hi + 1) / max_bins))
+    bins = [0] * (hi // step + 1)
+    for value, n in counts.items():
+        bins[value // step] += n
+    labels = [str(b * step) if step == 1 else f"{b * step}-{b * step + step - 1}" for b in range(len(bins))]
+    return labels, bins
+
+
+LOG_LO, LOG_BINS_PER_DECADE = 1e-4, 3
+
+
+def log_bin(value: float, lo: float = LOG_LO, bins_per_decade: int = LOG_BINS_PER_DECADE) -> int:
+    """The logarithmic bin of a value in (0, 1] (values below `lo` fall in the first bin)."""
+    n = int(round(-math.log10(lo))) * bins_per_decade
+    k = int(math.floor((math.log10(max(value, lo)) - math.log10(lo)) * bins_per_decade))
+    return min(max(k, 0), n - 1)
+
+
+def log_histogram(title: str, bins: Mapping[int, int], x_label: str, lo: float = LOG_LO,
+                  bins_per_decade: int = LOG_BINS_PER_DECADE) -> str:
+    """Histogram on logarithmic bins from `lo` to 1, given as {`log_bin` index: how many}."""
+    n = int(round(-math.log10(lo))) * bins_per_decade
+    labels = [f"{lo * 10 ** (k / bins_per_decade):.2g}" for k in range(n)]
+    return bar_chart(title, labels, {"masks": [bins.get(k, 0) for k in range(n)]}, x_label, "masks")

@@ -33,10 +33,11 @@ _L3 = ["image_id", "status", "dense_caption"]
 class Distributions:
     """What the charts show, gathered in one streaming pass over levels 1-3."""
 
-    labels_per_image: list[int] = field(default_factory=list)
-    objects_per_image: list[int] = field(default_factory=list)
-    floating_per_image: list[int] = field(default_factory=list)
-    mask_area_fraction: list[float] = field(default_factory=list)
+    # Histograms as counters ({value or bin: images}), so memory stays flat on any output size.
+    labels_per_image: Counter = field(default_factory=Counter)
+    objects_per_image: Counter = field(default_factory=Counter)
+    floating_per_image: Counter = field(default_factory=Counter)
+    mask_area_bins: Counter = field(default_factory=Counter)  # charts.log_bin of mask area / image area
     top_labels: Counter = field(default_factory=Counter)
     attempts: Counter = field(default_factory=Counter)  # (attempt number, passed) -> captions
     examples: list[tuple[str, str, int]] = field(default_factory=list)  # (image_id, shard, index)
@@ -52,16 +53,16 @@ def collect(out: OutputDir, max_examples: int = 4) -> Distributions:
             l1 = rows.get(1)
             if ok(l1):
                 solid, everything = objects_of(rows, floating=False), objects_of(rows, floating=True)
-                d.objects_per_image.append(len(solid))
-                d.floating_per_image.append(len(everything) - len(solid))
+                d.objects_per_image[len(solid)] += 1
+                d.floating_per_image[len(everything) - len(solid)] += 1
                 labels = {o["label"] for o in everything}
-                d.labels_per_image.append(len(labels))
+                d.labels_per_image[len(labels)] += 1
                 d.top_labels.update(labels)
                 pixels = (l1.get("width") or 0) * (l1.get("height") or 0)
                 for o in everything:
                     seg = o.get("segmentation")
                     if pixels and seg and seg.get("counts"):
-                        d.mask_area_fraction.append(mask_area(seg) / pixels)
+                        d.mask_area_bins[charts.log_bin(mask_area(seg) / pixels)] += 1
                 if len(d.examples) < max_examples and solid:
                     d.examples.append((l1["image_id"], shard, int(l1["index"])))
             l3 = rows.get(3)
@@ -117,7 +118,7 @@ def _charts_section(d: Distributions, stats: dict) -> str:
         charts.count_histogram("Distinct labels per image", d.labels_per_image, "labels (objects + floating)"),
         charts.bar_chart("Objects per image", *_paired_counts(d.objects_per_image, d.floating_per_image),
                          x_label="objects in the image", y_label="images", stacked=False),
-        charts.log_histogram("Mask area / image area", d.mask_area_fraction, "fraction of the image (log bins)"),
+        charts.log_histogram("Mask area / image area", d.mask_area_bins, "fraction of the image (log bins)"),
         charts.bar_chart("Most frequent labels (images with the label)", [k for k, _ in d.top_labels.most_common(20)],
                          {"images": [v for _, v in d.top_labels.most_common(20)]}, y_label="images"),
     ]
@@ -141,17 +142,11 @@ def _charts_section(d: Distributions, stats: dict) -> str:
     return "<h2>Distributions</h2>\n" + "\n".join(f'<div class="chart">{s}</div>' for s in svgs)
 
 
-def _paired_counts(objects: list[int], floating: list[int]) -> tuple[list[str], dict[str, list[int]]]:
+def _paired_counts(objects: Counter, floating: Counter) -> tuple[list[str], dict[str, list[int]]]:
     """Shared bins for the objects and floating-objects histograms (one bar pair per bin)."""
-    hi = max(objects + floating, default=0)
-    step = max(1, -(-(hi + 1) // 30))
-    n = hi // step + 1
-    a, b = [0] * n, [0] * n
-    for c in objects:
-        a[c // step] += 1
-    for c in floating:
-        b[c // step] += 1
-    labels = [str(k * step) if step == 1 else f"{k * step}-{k * step + step - 1}" for k in range(n)]
+    hi = max([*objects, *floating], default=0)
+    labels, a = charts.integer_bins({hi: 0, **objects})
+    _, b = charts.integer_bins({hi: 0, **floating})
     return labels, {"objects": a, "floating objects": b}
 
 
