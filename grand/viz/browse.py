@@ -71,6 +71,7 @@ class Entry:
     floating: int = 0
     labels: tuple[str, ...] = ()
     verified: bool | None = None  # dense caption verified; None without one
+    search: str = ""  # lower-case labels and id, what the label search looks in
 
     def summary(self, key: int) -> dict:
         return {"key": key, "image_id": self.image_id, "shard": self.shard, "status": self.status,
@@ -93,6 +94,7 @@ class BrowseIndex:
         self.specs: dict[str, ShardSpec] = {s.name: s for s in plan[1]} if plan else {}
         self.cfg = input_spec(self.out)
         self.entries: list[Entry] = []
+        self._last_query: tuple[tuple, list[int]] | None = None
         self.committed = {lv: self.out.committed_shards(lv) for lv in LEVELS}
         if not any(self.committed.values()):
             raise ValueError(f"{output_uri!r} has no committed shards yet (`grand status {output_uri}` shows why)")
@@ -128,23 +130,23 @@ class BrowseIndex:
                     entry.labels = tuple(dict.fromkeys(objects + floating))
                 if level == 3 and row.get("status") == "ok" and row.get("dense_caption") is not None:
                     entry.verified = bool(row["dense_caption"].get("verified"))
-        self.entries.extend(by_index[i] for i in sorted(by_index))
+        for i in sorted(by_index):
+            e = by_index[i]
+            e.search = "\n".join((e.image_id, *e.labels)).lower()
+            self.entries.append(e)
 
     # -- the list --------------------------------------------------------------------------------
     def page(self, offset: int = 0, limit: int = 50, errors: bool = False, unverified: bool = False,
              label: str = "", min_objects: int = 0) -> dict:
         needle = label.strip().lower()
-        hits = []
-        for key, e in enumerate(self.entries):
-            if errors and not e.errors:
-                continue
-            if unverified and e.verified is not False:
-                continue
-            if e.objects < min_objects:
-                continue
-            if needle and not any(needle in lb.lower() for lb in e.labels) and needle not in e.image_id.lower():
-                continue
-            hits.append(key)
+        query = (errors, unverified, needle, int(min_objects))
+        if self._last_query is not None and self._last_query[0] == query:
+            hits = self._last_query[1]  # paging through one filter scans the index once
+        else:
+            hits = [key for key, e in enumerate(self.entries)
+                    if (not errors or e.errors) and (not unverified or e.verified is False)
+                    and e.objects >= min_objects and (not needle or needle in e.search)]
+            self._last_query = (query, hits)
         limit = max(1, min(int(limit), PAGE_LIMIT))
         offset = max(0, int(offset))
         return {"total": len(hits), "images": len(self.entries), "offset": offset, "limit": limit,
