@@ -109,7 +109,7 @@ def test_page_in_a_real_browser_highlights_masks_from_caption_spans(served):
         spans = browser.evaluate("[...document.querySelectorAll('.caption .span')].map(s => s.textContent)")
         assert spans[:2] == ["A brown dog", "a red ball"] and "a tree" in spans
         x, y = browser.evaluate("(() => { const r = document.querySelector('.caption .span[data-ids=\"2\"]')"
-                                ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+                                ".getClientRects()[0]; return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         browser.hover(x, y)
         assert browser.wait_for("[...document.querySelectorAll('.stage img.mask.hl')].map(m => m.dataset.id)") == ["2"]
         browser.evaluate("document.querySelectorAll('.controls input')[0].click()")  # masks off

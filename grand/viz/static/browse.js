@@ -115,6 +115,8 @@ async function showImage(key) {
   const parts = [head];
   for (const [lv, why] of Object.entries(d.errors)) parts.push(el("p", {class: "bad", text: `level ${lv}: ${why}`}));
 
+  let picture = null, objects = null;
+  const text = [];  // captions and attempts: beside the picture
   if (d.status === "ok") {
     const stage = el("div", {class: "stage"});
     const photo = el("img", {class: "photo", src: "/image/" + key, alt: d.image_id});
@@ -126,8 +128,7 @@ async function showImage(key) {
                                 alt: ""}));
       }
       const [x1, y1, x2, y2] = o.bbox;
-      const g = svg("g", {"data-id": o.id, class: o.floating ? "floating" : ""});
-      if (o.floating) g.style.display = "none";
+      const g = svg("g", {"data-id": o.id, class: o.floating ? "floating off" : ""});
       g.append(svg("rect", {class: "box", x: x1, y: y1, width: Math.max(0, x2 - x1), height: Math.max(0, y2 - y1),
                             stroke: o.color}));
       const fontSize = Math.max(6, Math.round(Math.max(d.width, d.height) / 45));  // in image pixels
@@ -152,10 +153,7 @@ async function showImage(key) {
     const rows = d.objects_list.map((o) => el("tr", {"data-id": o.id},
       el("td", {}, el("input", {type: "checkbox", class: "obj" + (o.floating ? " floating" : ""), "data-id": o.id,
                                 ...(o.floating ? {} : {checked: ""}), onchange: (ev) => {
-        stage.querySelectorAll(`[data-id="${o.id}"]`).forEach((n) => {
-          if (n.tagName === "g") n.style.display = ev.target.checked ? "" : "none";
-          else n.classList.toggle("off", !ev.target.checked);
-        });
+        stage.querySelectorAll(`[data-id="${o.id}"]`).forEach((n) => n.classList.toggle("off", !ev.target.checked));
       }})),
       el("td", {}, el("span", {class: "swatch", style: `background:${o.color}`})),
       el("td", {text: o.id}), el("td", {text: o.label + (o.floating ? " (floating)" : "")}),
@@ -163,13 +161,13 @@ async function showImage(key) {
       el("td", {text: o.depth == null ? "" : o.depth.toPrecision(3)}), el("td", {text: o.attributes.join("; ")})));
     const table = el("table", {class: "objs"}, el("tr", {}, ...["", "", "id", "label", "score", "models", "depth",
                                                                "attributes"].map((h) => el("th", {text: h}))), ...rows);
-    parts.push(el("div", {class: "viewer"}, el("div", {}, stage, controls),
-                  el("div", {}, section(`Objects (${d.objects} + ${d.floating} floating)`, table))));
+    picture = el("div", {class: "left"}, stage, controls);
+    objects = section(`Objects (${d.objects} + ${d.floating} floating)`, el("div", {class: "scroll"}, table));
   }
 
   const caps = d.short_captions.map((c) => el("div", {}, el("span", {class: "muted", text: `[${c.model}]`}),
                                               captionNode(c.caption || "", c.details, colors)));
-  if (caps.length) parts.push(section("Short captions", ...caps));
+  if (caps.length) text.push(section("Short captions", ...caps));
   if (d.dense_caption) {
     const dc = d.dense_caption;
     const status = el("span", {class: dc.verified ? "good" : "bad", text: dc.verified ? "verified" : "flagged"});
@@ -179,9 +177,11 @@ async function showImage(key) {
       el("div", {text: "checklist: " + ((a.checklist || []).join("; ") || "(none parsed)")}),
       (a.missing || []).length ? el("div", {class: "bad", text: "missing from the scene: " + a.missing.join("; ")}) : null,
       a.reasoning ? el("details", {}, el("summary", {text: "the LLM's answer"}), el("pre", {text: a.reasoning})) : null));
-    parts.push(section("Dense caption", el("div", {}, status), captionNode(dc.caption || "", dc.details, colors),
+    text.push(section("Dense caption", el("div", {}, status), captionNode(dc.caption || "", dc.details, colors),
                        ...attempts));
   }
+  if (picture) parts.push(el("div", {class: "viewer"}, picture, el("div", {class: "right"}, ...text)), objects);
+  else parts.push(...text);
   if (d.landmark && (d.landmark.category || d.landmark.fine_category)) {
     parts.push(section("Landmark", el("div", {text: [d.landmark.category, d.landmark.fine_category].filter(Boolean).join(" / ")})));
   }
