@@ -114,11 +114,18 @@ def _stats_section(stats: dict) -> str:
 
 
 def _charts_section(d: Distributions, stats: dict) -> str:
+    any_floating = any(k > 0 for k in d.floating_per_image)
+    labels, series = _paired_counts(d.objects_per_image, d.floating_per_image)
+    if not any_floating:  # one detector, or min_models 1: a bar of zeros would dwarf the rest
+        series.pop("floating objects")
     svgs = [
         charts.count_histogram("Distinct labels per image", d.labels_per_image, "labels (objects + floating)"),
-        charts.bar_chart("Objects per image", *_paired_counts(d.objects_per_image, d.floating_per_image),
-                         x_label="objects in the image", y_label="images", stacked=False),
-        charts.log_histogram("Mask area / image area", d.mask_area_bins, "fraction of the image (log bins)"),
+        charts.bar_chart("Objects per image", labels, series, x_label="objects in the image", y_label="images",
+                         stacked=False),
+    ]
+    if d.mask_area_bins:
+        svgs.append(charts.log_histogram("Mask area / image area", d.mask_area_bins, "fraction of the image (log bins)"))
+    svgs += [
         charts.bar_chart("Most frequent labels (images with the label)", [k for k, _ in d.top_labels.most_common(20)],
                          {"images": [v for _, v in d.top_labels.most_common(20)]}, y_label="images"),
     ]
