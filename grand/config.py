@@ -91,7 +91,9 @@ class SegmenterSpec(ModelSpec):
 
 
 class DepthSpec(ModelSpec):
-    pass
+    store_map: bool = Field(False, description="also store each image's depth map (16-bit PNG in depth_stats.map_png; "
+                                               "`grand eval depth` needs it)")
+    map_max_side: int = Field(512, ge=16, le=8192, description="stored map: longer side at most this many pixels")
 
 
 class GenerationSpec(_Strict):

@@ -45,6 +45,9 @@ class DepthStats:
     max: float | None = None
     mean: float | None = None
     median: float | None = None
+    # With level1.depth.store_map: the image's relative inverse depth map as a base64 16-bit
+    # grayscale PNG (0 = no measurement, 1..65535 = min..max; grand.core.depth.decode_depth_map).
+    map_png: str | None = None
 
 
 @dataclass

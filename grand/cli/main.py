@@ -26,6 +26,10 @@ EXAMPLES = """examples:
   grand export grand out/ out/grand                                  # GranD's released per-image JSON
   grand export gcg-eval out/ out/gcg_eval --split val                # GLaMM's GCG evaluation layout
   grand eval gcg predictions.json out/gcg.json                       # AP50, mIoU, mask recall, METEOR, CIDEr
+  grand eval objects out/ --gt instances.json                        # box/mask AP, recall, mask IoU vs COCO/LVIS
+  grand eval captions out/ --gt instances.json                       # CHAIR hallucination per captioner
+  grand report out/ --gt instances.json --dest report.html           # one self-contained HTML page
+  grand browse out/                                                  # web viewer on http://127.0.0.1:8765
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
   grand demo                                                          # sample photos end to end
@@ -278,11 +282,77 @@ def build_parser() -> argparse.ArgumentParser:
     egcg.add_argument("--json", action="store_true", help="machine-readable output")
     egcg.set_defaults(func=cmd_eval_gcg)
 
+    eobj = evsub.add_parser("objects", help="objects against COCO/LVIS ground truth: box and mask AP, recall, "
+                                            "mask IoU, label accuracy, per-model contribution (docs/quality.md)",
+                            description="Compares the objects of OUTPUT (level 2 where ok, else level 1; what "
+                                        "`grand export coco` writes) with a COCO or LVIS instances file of the same "
+                                        "images, matched by file name. Metrics: docs/quality.md.")
+    _ground_truth_args(eobj, "a grand output folder", "{label or word: GT category name}")
+    eobj.add_argument("--level", type=int, choices=[1, 2], default=None,
+                      help="evaluate this level's objects only (default: level 2 where ok, else level 1)")
+    eobj.add_argument("--no-floating", action="store_true",
+                      help="leave floating objects (seen by one model) out of AP (recall reports both anyway)")
+    eobj.set_defaults(func=cmd_eval_objects)
+
+    ecap = evsub.add_parser("captions", help="CHAIR object hallucination of short and dense captions vs COCO/LVIS "
+                                             "ground truth (docs/quality.md)",
+                            description="Share of the objects a caption mentions that the image's ground truth "
+                                        "lacks (CHAIR_i) and of captions with at least one (CHAIR_s), per short "
+                                        "captioner, for the dense caption's first vs final attempt, and verified "
+                                        "vs flagged.")
+    _ground_truth_args(ecap, "a grand output folder with level 2 and/or 3", "{word: GT category name}")
+    ecap.set_defaults(func=cmd_eval_captions)
+
+    edep = evsub.add_parser("depth", help="stored depth maps vs ground-truth depth: AbsRel, delta < 1.25 after "
+                                          "per-image scale-and-shift alignment (docs/quality.md)",
+                            description="Needs level-1 maps stored with `--set level1.depth.store_map=true`. GT: "
+                                        "DIR/<image id without extension>.npy|png|tif (depth, any unit; 0 = none).")
+    edep.add_argument("output", help="a grand output folder")
+    edep.add_argument("--gt-depth", required=True, metavar="DIR", help="folder of ground-truth depth maps")
+    edep.add_argument("--gt-kind", choices=["depth", "disparity"], default="depth",
+                      help="the GT files hold depth (default) or inverse depth")
+    edep.add_argument("--max-depth", type=float, default=None, help="clamp aligned depth to this (default: GT max)")
+    edep.add_argument("--json", action="store_true", help="machine-readable output (with per-image values)")
+    edep.set_defaults(func=cmd_eval_depth)
+
+    report = sub.add_parser("report", help="one self-contained HTML page: stats, charts, eval tables, examples",
+                            description="Writes an HTML page with no external URL (charts as inline SVG, example "
+                                        "images as data URIs) that can be mailed or opened anywhere: the runs and "
+                                        "models, dataset statistics, distributions, and with --gt / --gt-depth the "
+                                        "`grand eval` tables (docs/quality.md).")
+    report.add_argument("output", help="a grand output folder")
+    report.add_argument("--dest", required=True, help="HTML file to write")
+    report.add_argument("--gt", default=None, help="COCO or LVIS instances JSON: add the objects and captions eval")
+    report.add_argument("--gt-depth", default=None, metavar="DIR",
+                        help="folder of ground-truth depth maps: add the depth eval (needs level1.depth.store_map)")
+    report.add_argument("--examples", type=int, default=4, help="rendered example images to embed (default 4; 0: none)")
+    report.set_defaults(func=cmd_report)
+
+    browse = sub.add_parser("browse", help="local web viewer: page through images, masks, grounded captions",
+                            description="Serves a viewer of OUTPUT on http://HOST:PORT (default 127.0.0.1:8765): "
+                                        "a paged image list with filters, and per image its masks, boxes, grounded "
+                                        "captions, verification attempts, extra context and raw rows. Reads shards "
+                                        "lazily; serves nothing but this folder's rows and images.")
+    browse.add_argument("output", help="a grand output folder")
+    browse.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    browse.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    browse.set_defaults(func=cmd_browse)
+
     demo = sub.add_parser("demo", help="run levels 1-4 of pipelines/tiny.yaml on a few sample photos and show the result")
     demo.add_argument("--output", default="demo-out", help="folder for the sample images and results")
     demo.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/tiny.yaml)")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _ground_truth_args(p: argparse.ArgumentParser, output_help: str, label_map_help: str) -> None:
+    """OUTPUT, --gt, --label-map and --json of `grand eval objects` / `captions`."""
+    p.add_argument("output", help=output_help)
+    p.add_argument("--gt", required=True, help="COCO or LVIS instances JSON of (some of) the same images")
+    p.add_argument("--label-map", default=None, metavar="JSON",
+                   help=f"a JSON object {label_map_help} applied before the built-in mapping")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _overrides(args) -> dict:
@@ -491,11 +561,51 @@ def cmd_eval_gcg(args) -> int:
     return 0
 
 
+def cmd_eval_objects(args) -> int:
+    from grand.eval.objects import evaluate_objects, objects_text
+
+    r = evaluate_objects(args.output, args.gt, level=args.level, include_floating=not args.no_floating,
+                         label_map=args.label_map)
+    print(json.dumps(r, indent=1) if args.json else objects_text(r))
+    return 0
+
+
+def cmd_eval_captions(args) -> int:
+    from grand.eval.captions import captions_text, evaluate_captions
+
+    r = evaluate_captions(args.output, args.gt, label_map=args.label_map)
+    print(json.dumps(r, indent=1) if args.json else captions_text(r))
+    return 0
+
+
+def cmd_eval_depth(args) -> int:
+    from grand.eval.depth import depth_text, evaluate_depth
+
+    r = evaluate_depth(args.output, args.gt_depth, gt_kind=args.gt_kind, max_depth=args.max_depth)
+    print(json.dumps(r, indent=1) if args.json else depth_text(r))
+    return 0
+
+
 def cmd_stats(args) -> int:
     from grand.export.stats import dataset_stats, stats_text
 
     st = dataset_stats(args.output)
     print(json.dumps(st, indent=1) if args.json else stats_text(st))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from grand.viz.report import write_report
+
+    dest = write_report(args.output, args.dest, gt=args.gt, gt_depth=args.gt_depth, max_examples=args.examples)
+    print(f"wrote {dest}")
+    return 0
+
+
+def cmd_browse(args) -> int:
+    from grand.viz.browse import serve
+
+    serve(args.output, host=args.host, port=args.port)
     return 0
 
 

@@ -54,3 +54,51 @@ def depth_stats(depth: np.ndarray) -> dict:
         "mean": float(values.mean()),
         "median": float(np.median(values)),
     }
+
+
+# -- the stored map (config level1.depth.store_map) ----------------------------------------------------
+def encode_depth_map(depth: np.ndarray, lo: float | None, hi: float | None, max_side: int = 512) -> str | None:
+    """The map as a base64 16-bit grayscale PNG, resized (area average) so its longer side is at
+    most `max_side`. Pixel 0 = no measurement (zero / non-finite, as above); valid values map
+    linearly from [lo, hi] (the image's depth_stats min / max) onto 1..65535, so `decode_depth_map`
+    restores them to within (hi - lo) / 65534. None when the map has no valid pixel."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if lo is None or hi is None:
+        return None
+    depth = np.asarray(depth, dtype=np.float32)
+    valid = np.isfinite(depth) & (depth != 0)
+    h, w = depth.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # Resize values and validity separately, so invalid pixels do not drag averages to zero.
+        filled = Image.fromarray(np.where(valid, depth, 0).astype(np.float32), mode="F").resize(size, Image.BOX)
+        weight = Image.fromarray(valid.astype(np.float32), mode="F").resize(size, Image.BOX)
+        wsum = np.asarray(weight, np.float32)
+        depth = np.where(wsum > 0.5, np.asarray(filled, np.float32) / np.maximum(wsum, 1e-6), 0)
+        valid = wsum > 0.5
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))  # the float32 values the schema stores
+    span = hi - lo if hi > lo else 1.0
+    q = np.where(valid, 1 + np.rint(np.clip((depth - lo) / span, 0, 1) * 65534), 0).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(q).save(buf, format="PNG", optimize=True)  # uint16 -> mode "I;16"
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_depth_map(stats: dict | None) -> np.ndarray | None:
+    """The stored map of a level-1 row's `depth_stats` as float32 (0 = no measurement), or None."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if not stats or not stats.get("map_png"):
+        return None
+    q = np.asarray(Image.open(io.BytesIO(base64.b64decode(stats["map_png"]))), dtype=np.float64)
+    lo, hi = float(stats["min"]), float(stats["max"])
+    span = hi - lo if hi > lo else 1.0
+    return np.where(q > 0, lo + (q - 1) / 65534 * span, 0).astype(np.float32)

@@ -311,7 +311,12 @@ class DepthStep(ModelStep):
                     for o, v in zip(objs, values):
                         o["depth"] = float(v) if np.isfinite(v) else None
                     batch[col][i] = json.dumps(objs)
-            batch["depth_stats"][i] = json.dumps(depth_stats(depth))
+            stats = depth_stats(depth)
+            if self.spec.store_map:
+                from grand.core.depth import encode_depth_map
+
+                stats["map_png"] = encode_depth_map(depth, stats["min"], stats["max"], self.spec.map_max_side)
+            batch["depth_stats"][i] = json.dumps(stats)
 
 
 class LabelChoiceStep(ModelStep):
