@@ -1,6 +1,6 @@
 """Per-step GPU cost of pipelines/grand.yaml at real model sizes, with random weights (no download).
 
-    python benchmarks/gpu_steps.py                 # on a GPU node: every step, real sizes (~10 min on one H100/H200)
+    python benchmarks/gpu_steps.py                 # on a GPU node: every step, real sizes (80 GB+ GPU)
     python benchmarks/gpu_steps.py --steps sam,llava --batch-sizes 1,8,32
     python benchmarks/gpu_steps.py --tiny          # the same code on CPU with grand's tiny checkpoints (the test)
 
@@ -16,7 +16,8 @@ as sampling; random weights can give probabilities sampling refuses).
 Every step runs grand's own adapter (grand/models/*) with grand.yaml's spec on synthetic SA-1B-sized
 images (1500 x 2250) and realistic counts: 20 tags for the open-vocabulary detectors, 75 boxes for
 SAM, --regions object crops for the BLIP-2 region descriptions and the CLIP label choice, 3 LLaVA
-questions per image (caption and the two landmark questions), 10 phrases for phrase grounding.
+questions per image (caption and the two landmark questions), 10 phrases for phrase grounding. SAM's
+row includes encoding its masks to RLEs on the CPU, as the segment step does.
 
 Printed: one row per step (images/s at each batch size, the best batch size, peak GPU memory), the
 whole level-1 stack running at once on the GPU against its slowest model alone, Vicuna-13B tokens/s
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from grand.config import load_config  # noqa: E402
+from grand.core.rle import encode_masks  # noqa: E402
 
 # Published hyper-parameters, written over the tiny checkpoint's files (deep-merged per file). The
 # tokenizers stay the tiny ones: the vocabulary sizes below are the real ones (the embedding and
@@ -271,30 +273,39 @@ def crops_of(image, n: int):
     return [image.crop(tuple(int(v) for v in b)) for b in object_boxes(n, image.height, image.width, seed=n)]
 
 
+def llava_questions() -> list[str]:
+    """grand.yaml's three LLaVA prompts of an image: the caption and the two landmark questions."""
+    from grand.core.landmark import LANDMARK_CATEGORIES, LandmarkQuestions
+    from grand.prompts import load_prompt
+
+    landmark = LandmarkQuestions(ROOT / "pipelines")
+    caption = load_prompt("prompts/short_caption.txt", ROOT)
+    return [caption, landmark.first_question(), landmark.second_question(next(iter(LANDMARK_CATEGORIES)))]
+
+
 def make_steps(args) -> list[Step]:
     boxes = object_boxes(args.boxes, args.height, args.width)
-    regions, questions = args.regions, ["Generate a single sentence caption.", "Is this a famous landmark?",
-                                        "What is the name of this landmark?"]
+    from grand.prompts import load_prompt
+
+    region_prompt = load_prompt("prompts/region_description.txt", ROOT)  # blip2_regions' prompt_file
+    regions, questions = args.regions, llava_questions()
     return [
         Step("clip", "clip", 1, lambda m, ims: m.tag(ims)),
         Step("rtdetr", "rt-detr", 1, lambda m, ims: m.detect(ims)),
         Step("owlv2", "owlv2", 1, lambda m, ims: m.detect(ims, [TAGS] * len(ims))),
         Step("grounding_dino", "grounding-dino", 1, lambda m, ims: m.detect(ims, [TAGS] * len(ims))),
-        Step("sam", "sam", 1, lambda m, ims: m.segment(ims, [boxes] * len(ims))),
+        # SAM's step also encodes the masks on the actor's CPU (SegmentStep): part of its cost
+        Step("sam", "sam", 1, lambda m, ims: [encode_masks(x) for x in m.segment(ims, [boxes] * len(ims))]),
         Step("depth_anything", "depth-anything", 1, lambda m, ims: m.estimate(ims)),
         Step("clip_label", "clip", 1, lambda m, ims: m.score_labels(
             [c for im in ims for c in crops_of(im, regions)], [["dog", "cat", "person"]] * (regions * len(ims)))),
         Step("blip2_regions", "blip2", 1, lambda m, ims: m.generate(
-            [c for im in ims for c in crops_of(im, regions)], [m_prompt(m)] * (regions * len(ims)))),
+            [c for im in ims for c in crops_of(im, regions)], [region_prompt] * (regions * len(ims)))),
         Step("blip2", "blip2", 2, lambda m, ims: m.generate(ims, [""] * len(ims))),
         Step("llava", "llava", 2, lambda m, ims: m.generate(
             [im for im in ims for _ in questions], questions * len(ims))),
         Step("grounding_dino_phrases", "grounding-dino", 2, lambda m, ims: m.ground(ims, [PHRASES] * len(ims))),
     ]
-
-
-def m_prompt(model) -> str:
-    return getattr(model, "bench_prompt", "Describe the object in one sentence.")
 
 
 def bench_spec(spec, checkpoint: Path, tiny: bool, **changes):
@@ -398,19 +409,23 @@ def run_stack(steps: list[Step], adapters: dict, images, seconds: float) -> floa
     return min(done.values()) / (time.perf_counter() - start)
 
 
-def vicuna_tokens(adapter, spec, batch: int, prompt_words: int) -> tuple[float, float]:
-    """Generated tokens/s of the level-3 LLM for `batch` requests at once and one at a time."""
-    text = " ".join((PHRASES * (prompt_words // 20 + 1)))[: prompt_words * 6]
-    conversations = [[{"role": "user", "content": f"Describe the scene. {text} ({i})"}] for i in range(batch)]
+def vicuna_tokens(adapter, spec, batch: int, prompt_chars: int) -> tuple[float, float]:
+    """Generated tokens/s of the level-3 LLM for `batch` requests at once and one at a time. The
+    prompt is level 3's dense-caption prompt (prompts/dense_caption.txt, cut to prompt_chars)."""
+    from grand.prompts import load_prompt
+
+    text = load_prompt("prompts/dense_caption.txt", ROOT)[:prompt_chars]
+    conversations = [[{"role": "user", "content": f"{text}\n(image {i})"}] for i in range(batch)]
     new = spec.generation.max_new_tokens
     adapter.chat(conversations[:1])  # warm-up
     start = time.perf_counter()
     adapter.chat(conversations)
     batched = batch * new / (time.perf_counter() - start)
+    singles = max(1, batch // 4)
     start = time.perf_counter()
-    for c in conversations[: max(1, batch // 4)]:
+    for c in conversations[:singles]:
         adapter.chat([c])
-    single = max(1, batch // 4) * new / (time.perf_counter() - start)
+    single = singles * new / (time.perf_counter() - start)
     return batched, single
 
 
@@ -433,15 +448,19 @@ def vllm_llava_rate(spec, checkpoint: Path, images, batch: int) -> float:
 
     from grand.models.vllm_vlm import VllmVisionLanguageModel
 
+    on_gpu = spec.device != "cpu"
+    # on the GPU the engine takes 0.9 of it (the transformers models are gone by now); on CPU (a check
+    # of this code only) a small KV cache
+    options = {"kv_cache_gib": None, "enforce_eager": False} if on_gpu else {"kv_cache_gib": 0.25, "max_model_len": 1024}
     vspec = spec.model_copy(update={
         "backend": "vllm", "checkpoint": str(checkpoint),
-        "options": {"kv_cache_gib": None, "enforce_eager": False, "engine_args": {"load_format": "dummy"}},
-        "resources": spec.resources.model_copy(update={"num_gpus": 0.9}),
+        "options": {**options, "engine_args": {"load_format": "dummy"}},  # random weights, nothing read
+        "resources": spec.resources.model_copy(update={"num_gpus": 0.9 if on_gpu else 0}),
     })
     model = VllmVisionLanguageModel(vspec)
     n = spec.generation.max_new_tokens
     model.sampling_params = SamplingParams(n=1, temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True)
-    questions = ["Generate a single sentence caption.", "Is this a famous landmark?", "What is the name of this landmark?"]
+    questions = llava_questions()
     batch_images = [images[i % len(images)] for i in range(batch)]
     ims = [im for im in batch_images for _ in questions]
     model.generate(ims[:3], questions)  # warm-up
@@ -584,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 llm = build_model(spec, ROOT / "pipelines")
                 fixed_length(llm, spec)
                 batch = 4 if args.tiny else 16
-                batched, single = vicuna_tokens(llm, spec, batch, prompt_words=30 if args.tiny else 400)
+                batched, single = vicuna_tokens(llm, spec, batch, prompt_chars=200 if args.tiny else 100_000)
                 print(f"vicuna tokens/s (transformers, {spec.generation.max_new_tokens} new tokens): batch of {batch} "
                       f"{batched:.1f}, one at a time {single:.1f}, batching {batched / single:.1f}x", flush=True)
                 del llm
