@@ -1,5 +1,5 @@
 """grand's mask encoding and cross-model vote as they were before issue 18, kept verbatim as the
-baseline: benchmarks/postprocess.py times the current code against it in the same run, and
+baseline (so the loops below deliberately repeat today's grand/core code in their old form): benchmarks/postprocess.py times the current code against it in the same run, and
 tests/test_voting.py checks on random inputs that the current vote returns exactly what this one does.
 Not used by the pipeline."""
 
@@ -9,7 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from grand.core.detections import Detections
-from grand.core.geometry import box_iou
+from grand.core.geometry import _nms_low_memory, box_iou
 from grand.core.voting import VoteResult, VotedObject, _is_object, _normalize_labels, _step_b_keep
 
 
@@ -28,19 +28,11 @@ def gather_masks(chunks) -> np.ndarray:
 
 
 def nms(xyxy, scores, iou_threshold: float) -> np.ndarray:
+    """The old NMS: each kept box against the survivors, for any number of boxes (today's nms keeps
+    this loop, _nms_low_memory, only above 2048 boxes)."""
     boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        if rest.size == 0:
-            break
-        ious = box_iou(boxes[i : i + 1], boxes[rest])[0]
-        order = rest[ious <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+    return _nms_low_memory(boxes, order, iou_threshold)
 
 
 def prepare_model_detections(det, spec, voting):
