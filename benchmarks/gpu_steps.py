@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grand.config import load_config  # noqa: E402
+from grand.config import _deep_merge, load_config  # noqa: E402
 from grand.core.rle import encode_masks  # noqa: E402
 
 # Published hyper-parameters, written over the tiny checkpoint's files (deep-merged per file). The
@@ -172,11 +172,10 @@ class Step:
     result: dict = field(default_factory=dict)
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def build_random(model_cls, config, **kwargs):
+    """A transformers model of `config` with freshly initialised weights (Auto classes and concrete
+    classes name the constructor differently)."""
+    return (getattr(model_cls, "from_config", None) or model_cls._from_config)(config, **kwargs)
 
 
 def checkpoint_dir(arch: str, tiny: bool, root: Path) -> Path:
@@ -217,8 +216,7 @@ def random_weights():
         config = AutoConfig.from_pretrained(checkpoint)
         torch.manual_seed(0)
         with torch.device(device):
-            build = getattr(model_cls, "from_config", None) or model_cls._from_config
-            model = build(config, dtype=dtype)
+            model = build_random(model_cls, config, dtype=dtype)
         return model.to(device).eval(), processor, device, dtype
 
     modules = [hf_closed_set, hf_depth, hf_label_choice, hf_llm, hf_open_vocab, hf_phrase_grounding,
@@ -244,7 +242,7 @@ def real_size_params(root: Path) -> dict[str, int]:
         cls = getattr(transformers, cls_name)
         config = AutoConfig.from_pretrained(checkpoint_dir(arch, False, root))
         with torch.device("meta"):
-            model = (getattr(cls, "from_config", None) or cls._from_config)(config)
+            model = build_random(cls, config)
         out[arch] = sum(p.numel() for p in model.parameters())
     return out
 
@@ -471,6 +469,34 @@ def vllm_llava_rate(spec, checkpoint: Path, images, batch: int) -> float:
     return rate
 
 
+def vllm_vicuna_tokens(spec, checkpoint: Path, batch: int, prompt_chars: int) -> tuple[float, float]:
+    """vicuna_tokens through grand's vLLM adapter (grand.yaml's level-3 backend), dummy weights and
+    fixed-length answers."""
+    from vllm import SamplingParams
+
+    from grand.models import vllm_llm
+
+    on_gpu = spec.device != "cpu"
+    options = {"kv_cache_gib": None, "enforce_eager": False} if on_gpu else {"kv_cache_gib": 0.25}
+    vspec = spec.model_copy(update={
+        "backend": "vllm", "checkpoint": str(checkpoint),
+        "options": {**options, "max_model_len": 4096, "empty_retries": 0, "engine_args": {"load_format": "dummy"}},
+        "resources": spec.resources.model_copy(update={"num_gpus": 0.9 if on_gpu else 0}),
+    })
+    n = spec.generation.max_new_tokens
+    saved = vllm_llm.sampling_params
+    vllm_llm.sampling_params = lambda gen, seed=None: SamplingParams(
+        n=1, temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True, seed=seed)
+    try:
+        llm = vllm_llm.VllmTextLLM(vspec, ROOT / "pipelines")
+        try:
+            return vicuna_tokens(llm, vspec, batch, prompt_chars)
+        finally:
+            llm.close()
+    finally:
+        vllm_llm.sampling_params = saved
+
+
 def recommend(steps: list[Step], total_gib: float | None, device: str = "GPU") -> list[str]:
     """grand.yaml shares for one GPU replica of levels 1-2: each pool's share of the GPU in proportion
     to its GPU-seconds per image (docs/scale.md's balanced rule, all pools equally busy), raised where
@@ -559,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                 rates = "  ".join(f"b{b}: {r:.2f}" for b, r in step.result["rates"].items())
                 mem = f"{step.result['peak_gib']:.1f} GiB" if step.result["peak_gib"] is not None else "n/a (CPU)"
                 print(f"step {step.name:24s} {rates:40s} best batch {step.result['best_batch']:3d}  "
-                      f"{step.result['images_per_s']:8.2f} images/s  peak GPU memory {mem}  ({params:.0f} M parameters, "
+                      f"{step.result['images_per_s']:8.2f} images/s  peak GPU memory {mem}  ({params:.1f} M parameters, "
                       f"built in {built:.0f} s)", flush=True)
 
             level1 = [s for s in steps if s.level == 1]
@@ -607,11 +633,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"vicuna tokens/s (transformers, {spec.generation.max_new_tokens} new tokens): batch of {batch} "
                       f"{batched:.1f}, one at a time {single:.1f}, batching {batched / single:.1f}x", flush=True)
                 del llm
+                gc.collect()
                 if reason:
                     print(f"vicuna on vllm: skipped: {reason}")
                 else:
-                    print("vicuna on vllm: run `grand run pipelines/grand.yaml --levels 3,4` on level-2 output "
-                          "(grand.yaml's level 3 uses vLLM already); its run report gives tokens/s")
+                    torch.cuda.empty_cache()
+                    batched, single = vllm_vicuna_tokens(spec, work / "llama", batch, 100_000)
+                    print(f"vicuna tokens/s (vllm, {spec.generation.max_new_tokens} new tokens): batch of {batch} "
+                          f"{batched:.1f}, one at a time {single:.1f}, batching {batched / single:.1f}x", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
