@@ -51,6 +51,15 @@ class ModelSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     options: dict = Field(default_factory=dict, description="adapter-specific knobs (documented per adapter)")
 
+    @model_validator(mode="after")
+    def _vllm_gpu_share(self) -> "ModelSpec":
+        # a vLLM engine's memory follows its GPU share; impossible shares are refused here, naming the step
+        if self.backend == "vllm":
+            from grand.models.vllm_engine import check_gpu_share
+
+            check_gpu_share(self)
+        return self
+
 
 class TaggerSpec(ModelSpec):
     vocabulary: str = Field(

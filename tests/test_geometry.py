@@ -113,3 +113,25 @@ def test_nms_empty_and_mismatch():
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
     with pytest.raises(ValueError):
         nms(np.zeros((2, 4)), np.zeros(3), 0.5)
+
+
+def test_nms_matrix_pass_and_low_memory_pass_agree(monkeypatch):
+    # nms builds one IoU matrix up to _NMS_MATRIX_MAX boxes and compares box by box above it
+    import grand.core.geometry as geometry
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n = int(rng.integers(0, 80))
+        xy = np.round(rng.uniform(0, 100, (n, 2)))
+        boxes = np.c_[xy, xy + np.round(rng.uniform(0, 40, (n, 2)))]
+        if trial % 10 == 0 and n:
+            boxes[rng.integers(0, n)] = [0, 0, np.inf, np.inf]  # inf - inf: a NaN IoU suppresses in both
+        scores = np.round(rng.random(n), 1)
+        thr = float(rng.choice([0.3, 0.5, 0.9]))
+        with np.errstate(invalid="ignore"):
+            matrix = nms(boxes, scores, thr)
+            monkeypatch.setattr(geometry, "_NMS_MATRIX_MAX", 0)
+            low_memory = nms(boxes, scores, thr)
+            monkeypatch.undo()
+        assert matrix.dtype == low_memory.dtype == np.int64
+        assert matrix.tolist() == low_memory.tolist(), trial

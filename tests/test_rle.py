@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from conftest import TINYCOCO, needs_shared
 
 from grand.core.rle import (
     ann_to_rle,
@@ -184,3 +185,85 @@ def test_decode_masks_batch():
     out = decode_masks(encode_masks(masks))
     assert out.shape == (3, 5, 8) and out.dtype == bool
     assert np.array_equal(out, masks)
+
+
+# -- encode_masks works on each mask's box: byte-identical to pycocotools on the whole frame -----
+def _pycocotools_encode(masks):
+    """What encode_masks returned before it cropped: pycocotools on the (H, W, N) Fortran frame."""
+    stacked = np.asfortranarray(np.moveaxis(np.asarray(masks, bool), 0, -1).astype(np.uint8))
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in mask_utils.encode(stacked)]
+
+
+def _column_major(masks):
+    """The same (N, H, W) masks stored column by column, as a transposed model output would be."""
+    return np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+def test_encode_masks_is_byte_identical_to_pycocotools_on_random_masks():
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        h, w = int(rng.integers(1, 33)), int(rng.integers(1, 33))
+        masks = _random_masks(rng, int(rng.integers(1, 6)), h, w)
+        want = _pycocotools_encode(masks)
+        assert encode_masks(masks) == want
+        assert encode_masks(_column_major(masks)) == want
+
+
+def test_encode_masks_edge_cases_are_byte_identical():
+    h, w = 7, 5
+    cases = {
+        "empty": np.zeros((h, w), bool),
+        "full": np.ones((h, w), bool),
+        "top-left pixel": np.pad(np.ones((1, 1), bool), ((0, h - 1), (0, w - 1))),
+        "bottom-right pixel": np.pad(np.ones((1, 1), bool), ((h - 1, 0), (w - 1, 0))),
+        "full-height columns (runs join across columns)": np.pad(np.ones((h, 2), bool), ((0, 0), (1, w - 3))),
+        "left border column": np.pad(np.ones((h, 1), bool), ((0, 0), (0, w - 1))),
+        "right border column": np.pad(np.ones((h, 1), bool), ((0, 0), (w - 1, 0))),
+        "top and bottom rows": np.pad(np.zeros((h - 2, w), bool), ((1, 1), (0, 0)), constant_values=True),
+        "frame": np.pad(np.zeros((h - 2, w - 2), bool), 1, constant_values=True),
+        "checkerboard": np.indices((h, w)).sum(0) % 2 == 1,
+    }
+    for name, mask in cases.items():
+        assert mask.shape == (h, w), name
+        assert encode_masks(mask[None]) == _pycocotools_encode(mask[None]), name
+        assert np.array_equal(decode_mask(encode_mask(mask)), mask), name
+    for shape in [(1, 1), (1, 9), (9, 1)]:  # one-pixel-wide frames
+        for fill in (False, True):
+            m = np.full(shape, fill)
+            assert encode_mask(m) == _pycocotools_encode(m[None])[0], (shape, fill)
+    stack = np.stack(list(cases.values()))
+    assert encode_masks(stack) == _pycocotools_encode(stack)  # several masks in one call
+
+
+def test_encode_masks_accepts_non_bool_masks_as_pycocotools_truthiness():
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 3, size=(3, 11, 13)).astype(np.uint8) * 127  # 0, 127, 254
+    assert encode_masks(values) == _pycocotools_encode(values != 0)
+
+
+def test_encode_masks_at_sa1b_size_matches_pycocotools():
+    # SAM-like masks on a 1500 x 2250 frame: blobs of many sizes, one touching every border
+    rng = np.random.default_rng(5)
+    h, w = 1500, 2250
+    yy, xx = np.ogrid[:h, :w]
+    masks = np.zeros((6, h, w), bool)
+    for k in range(5):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(5, 600)
+        masks[k] = (yy - cy) ** 2 + ((xx - cx) * 0.7) ** 2 < r**2
+    masks[5] = True
+    masks[5, 1:-1, 1:-1] = rng.random((h - 2, w - 2)) < 0.999
+    assert encode_masks(masks) == _pycocotools_encode(masks)
+
+
+@needs_shared
+def test_encode_masks_matches_pycocotools_on_real_coco_masks():
+    data = json.loads((TINYCOCO / "annotations" / "instances.json").read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    per_image: dict = {}
+    for ann in data["annotations"]:
+        h, w = sizes[ann["image_id"]]
+        per_image.setdefault(ann["image_id"], []).append(decode_mask(ann_to_rle(ann["segmentation"], h, w)))
+    assert sum(len(v) for v in per_image.values()) > 200
+    for masks in per_image.values():
+        masks = np.stack(masks)
+        assert encode_masks(masks) == _pycocotools_encode(masks)

@@ -391,3 +391,62 @@ def test_thresholds_compare_at_float32_precision():
     assert [o.label for o in r.floating_objects] == ["cat", "person"]
     r = vote_detections({"a": det(boxes[:1], [0.69], ["person"])}, [spec("a", lone=0.69)], V)
     assert r.objects == []  # lone person needs strictly greater
+
+
+# -- the vectorised vote returns exactly what the pre-issue-18 loop did -----------------------
+def _previous_implementation():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import legacy_postprocess
+
+    return legacy_postprocess
+
+
+def _as_rows(result):
+    return [o.to_dict() for o in result.objects], [o.to_dict() for o in result.floating_objects]
+
+
+def test_vote_matches_the_previous_implementation_on_random_inputs():
+    legacy = _previous_implementation()
+    rng = np.random.default_rng(18)
+    vocab = ["person", "Man", "women", "dog", "cat ", "car", "a dog on grass", ""]
+    for trial in range(100):
+        n_models = int(rng.integers(1, 6))
+        detectors = [
+            spec(
+                f"m{k}",
+                thr=float(rng.choice([0.0, 0.2, 0.5])),
+                person=float(rng.choice([0.2, 0.4])) if rng.random() < 0.5 else None,
+                lone=float(rng.choice([0.5, 0.75])) if rng.random() < 0.5 else None,
+                attrs=bool(rng.random() < 0.2),
+            )
+            for k in range(n_models)
+        ]
+        voting = VotingSpec(
+            match_iou=float(rng.choice([0.3, 0.65, 0.9, 1.0])),
+            pre_nms_iou=float(rng.choice([0.5, 0.9])),
+            min_models=int(rng.integers(1, 4)),
+        )
+        centres = rng.uniform(0, 300, size=(int(rng.integers(1, 30)), 2))
+        per_model = {}
+        for s in detectors:
+            if rng.random() < 0.1:
+                continue
+            n = int(rng.integers(0, 50))
+            c = centres[rng.integers(0, len(centres), n)]
+            half = rng.uniform(2, 60, (n, 2))
+            # coarse coordinates and scores: equal IoUs and equal scores (ties) happen often
+            boxes = np.round(np.c_[c - half, c + half] + rng.normal(0, 3, (n, 4)))
+            if trial % 20 == 0 and n:
+                boxes[0] = [0, 0, np.inf, np.inf]  # a NaN IoU: both must treat it alike
+            scores = np.round(rng.random(n), 1)
+            attributes = rng.choice(["", "red", " old  wooden "], n) if rng.random() < 0.3 else None
+            per_model[s.name] = det(boxes, scores, rng.choice(vocab, n), attributes=attributes)
+        with np.errstate(invalid="ignore"):
+            got = vote_detections(per_model, detectors, voting)
+            want = legacy.vote_detections(per_model, detectors, voting)
+        assert _as_rows(got) == _as_rows(want), trial
+        for g, w in zip(got.objects + got.floating_objects, want.objects + want.floating_objects):
+            assert g.bbox.dtype == w.bbox.dtype == np.float32 and type(g.score) is type(w.score) is float

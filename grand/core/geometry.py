@@ -36,10 +36,10 @@ def box_iou(a, b) -> np.ndarray:
     Pairs whose union is empty (two zero-area boxes) get IoU 0 instead of 0/0 = NaN.
     """
     a, b = _as_boxes(a), _as_boxes(b)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    # one (N, M) array per coordinate rather than (N, M, 2) pairs: the same arithmetic, fewer temporaries
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     iou = np.zeros_like(inter)
     np.divide(inter, union, out=iou, where=union > 0)
@@ -59,9 +59,33 @@ def nms(xyxy, scores, iou_threshold: float) -> np.ndarray:
     if len(scores) != len(boxes):
         raise ValueError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
     order = np.argsort(-scores, kind="stable")
+    if len(order) > _NMS_MATRIX_MAX:
+        return _nms_low_memory(boxes, order, iou_threshold)
+    # One IoU matrix of the score-sorted boxes, then a greedy pass over the few suppressing pairs.
+    # "not <=" rather than ">" so that a NaN IoU suppresses, as in _nms_low_memory.
+    sorted_boxes = boxes[order]
+    first, second = np.nonzero(np.triu(~(box_iou(sorted_boxes, sorted_boxes) <= iou_threshold), 1))
+    suppresses: dict[int, list[int]] = {}
+    for k, j in zip(first.tolist(), second.tolist()):
+        suppresses.setdefault(k, []).append(j)
+    alive = [True] * len(order)
     keep: list[int] = []
-    # Compare each kept box only with the boxes still alive after it: O(N * kept) memory-light,
-    # instead of a full N x N matrix (open-vocabulary detectors can return thousands of boxes).
+    for k in range(len(order)):
+        if alive[k]:
+            keep.append(k)
+            for j in suppresses.get(k, ()):
+                alive[j] = False
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+# Above this many boxes nms compares each kept box with the survivors only (an N x N float64 matrix
+# of 2048 boxes is 32 MB); open-vocabulary detectors can return thousands of boxes.
+_NMS_MATRIX_MAX = 2048
+
+
+def _nms_low_memory(boxes: np.ndarray, order: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """nms for many boxes: O(N * kept) time, O(N) memory; the same result as the matrix pass."""
+    keep: list[int] = []
     while order.size:
         i = int(order[0])
         keep.append(i)

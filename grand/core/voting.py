@@ -80,7 +80,14 @@ def normalize_label(label: str, aliases: Mapping[str, str]) -> str:
 
 def _normalize_labels(labels, aliases: Mapping[str, str]) -> list[str]:
     table = {_clean(k): _clean(v) for k, v in aliases.items()}
-    return [table.get(key, key) for key in map(_clean, labels)]
+    done: dict = {}  # a model repeats a few labels many times: clean each distinct one once
+    out = []
+    for label in labels:
+        if label not in done:
+            key = _clean(label)
+            done[label] = table.get(key, key)
+        out.append(done[label])
+    return out
 
 
 def filter_score(det: Detections, min_score: float) -> Detections:
@@ -93,29 +100,27 @@ def nms_detections(det: Detections, iou_threshold: float) -> Detections:
     return det[nms(det.xyxy, det.scores, iou_threshold)]
 
 
-def _step_b_keep(det: Detections, spec: DetectorSpec) -> np.ndarray:
+def _step_b_keep(scores: np.ndarray, labels: np.ndarray, spec: DetectorSpec) -> np.ndarray:
     """Boolean mask of boxes passing the model's step-B threshold. The reference gives "person"
     boxes of some models (EVA, Co-DETR) their own, lower threshold (0.2)."""
     # Compared in float32, the scores' own precision: a score of 0.7 stored as float32
     # (0.69999999) must pass a 0.7 threshold.
-    thresholds = np.full(len(det), spec.score_threshold, dtype=np.float32)
+    thresholds = np.full(len(scores), spec.score_threshold, dtype=np.float32)
     if spec.person_threshold is not None:
-        thresholds[det.labels == PERSON] = spec.person_threshold
-    return det.scores >= thresholds
+        thresholds[labels == PERSON] = spec.person_threshold
+    return scores >= thresholds
 
 
 def prepare_model_detections(det: Detections, spec: DetectorSpec, voting: VotingSpec) -> tuple[Detections, np.ndarray]:
     """Steps A and B for one model. Returns the surviving boxes in descending-score order (ties:
     input order) with normalised labels, and each survivor's index in the input `det`."""
     labels = np.asarray(_normalize_labels(det.labels, voting.label_aliases), dtype=object)
-    det = Detections(det.xyxy, det.scores, labels, spec.name, det.attributes)
-    index = np.arange(len(det))
-    keep = det.scores >= np.float32(voting.pre_score_threshold)  # step A: drop score < 0.1
-    det, index = det[keep], index[keep]
-    order = nms(det.xyxy, det.scores, voting.pre_nms_iou)  # step A: NMS suppressing IoU > 0.9
-    det, index = det[order], index[order]
-    keep = _step_b_keep(det, spec)  # step B: per-model thresholds; NMS order is preserved
-    return det[keep], index[keep]
+    # the surviving indices are narrowed step by step; the boxes are selected once at the end
+    index = np.flatnonzero(det.scores >= np.float32(voting.pre_score_threshold))  # step A: drop score < 0.1
+    index = index[nms(det.xyxy[index], det.scores[index], voting.pre_nms_iou)]  # step A: NMS, IoU > 0.9
+    index = index[_step_b_keep(det.scores[index], labels[index], spec)]  # step B; NMS order is preserved
+    attributes = None if det.attributes is None else det.attributes[index]
+    return Detections(det.xyxy[index], det.scores[index], labels[index], spec.name, attributes), index
 
 
 # -- grouping ---------------------------------------------------------------------------------
@@ -138,9 +143,10 @@ def vote_detections(
 
     prepared = [prepare_model_detections(per_model.get(s.name, Detections.empty(s.name)), s, voting) for s in detectors]
     dets = [p[0] for p in prepared]
-    used = [np.zeros(len(d), dtype=bool) for d in dets]
-    # IoU of every box with every box of each later model, computed once per model pair.
-    ious = {(p, q): box_iou(dets[p].xyxy, dets[q].xyxy) for p in range(len(dets)) for q in range(p + 1, len(dets))}
+    used = [[False] * len(d) for d in dets]
+    # For each box of model p and each later model q: q's boxes that could join it, best first.
+    joinable = {(p, q): _joinable(dets[p], dets[q], voting.match_iou) for p in range(len(dets)) for q in range(p + 1, len(dets))}
+    rows = [_PlainRows(d, i) for d, (_, i) in zip(dets, prepared)]
 
     objects: list[VotedObject] = []
     floating: list[VotedObject] = []
@@ -154,18 +160,52 @@ def vote_detections(
             used[p][i] = True
             members = [(p, i)]
             for q in range(p + 1, len(dets)):
-                if len(dets[q]) == 0:
-                    continue
-                row = np.where(used[q], -1.0, ious[(p, q)][i])
-                j = int(row.argmax())  # first maximum: the higher-scored box of model q on ties
-                # Matched against the anchor box (not the growing group); at most
-                # one box per model joins, and it is used up.
-                if row[j] >= voting.match_iou:
-                    used[q][j] = True
-                    members.append((q, j))
-            obj = _group_to_object(members, dets, prepared, detectors)
+                # Matched against the anchor box (not the growing group): the unused box of model q
+                # with the highest IoU (the higher-scored one on ties) joins if that IoU reaches
+                # match_iou; at most one box per model joins, and it is used up.
+                for j in joinable[(p, q)].get(i, ()):
+                    if not used[q][j if j >= 0 else ~j]:
+                        if j >= 0:  # (a NaN IoU blocks the anchor, see _joinable)
+                            used[q][j] = True
+                            members.append((q, j))
+                        break
+            obj = _group_to_object(members, rows, detectors)
             (objects if _is_object(obj, members, detectors, voting) else floating).append(obj)
     return VoteResult(objects=objects, floating_objects=floating)
+
+
+def _joinable(anchors: Detections, candidates: Detections, match_iou: float) -> dict[int, list[int]]:
+    """anchor index -> indices of the candidate boxes whose IoU with it reaches match_iou, highest
+    IoU first (lower index on ties): the first unused one joins the anchor's group.
+
+    A NaN IoU (boxes with infinite coordinates) blocks the anchor while that candidate is unused,
+    as an argmax over the row would pick it and then fail the threshold: such a candidate is
+    listed as ~j = -j-1 < 0, ahead of the others.
+    """
+    if len(anchors) == 0 or len(candidates) == 0:
+        return {}
+    iou = box_iou(anchors.xyxy, candidates.xyxy)
+    nan = np.isnan(iou)
+    ii, jj = np.nonzero((iou >= match_iou) | nan)
+    if len(ii) == 0:
+        return {}
+    ranked = np.where(nan[ii, jj], np.inf, iou[ii, jj])
+    order = np.lexsort((jj, -ranked, ii))  # by anchor, then NaN first, then IoU descending, then index
+    out: dict[int, list[int]] = {}
+    for i, j, is_nan in zip(ii[order].tolist(), jj[order].tolist(), nan[ii, jj][order].tolist()):
+        out.setdefault(i, []).append(~j if is_nan else j)
+    return out
+
+
+class _PlainRows:
+    """One model's surviving boxes as Python values, read once per group member."""
+
+    def __init__(self, det: Detections, input_index: np.ndarray) -> None:
+        self.xyxy = det.xyxy.astype(np.float32, copy=False)
+        self.scores = det.scores.tolist()
+        self.labels = [str(x) for x in det.labels]
+        self.extra = None if det.attributes is None else [" ".join(str(x).split()) for x in det.attributes]
+        self.input_index = [int(x) for x in input_index]
 
 
 def _is_object(
@@ -190,21 +230,20 @@ def _is_object(
 
 def _group_to_object(
     members: list[tuple[int, int]],
-    dets: list[Detections],
-    prepared: list[tuple[Detections, np.ndarray]],
+    rows: list[_PlainRows],
     detectors: Sequence[DetectorSpec],
 ) -> VotedObject:
     labels: list[str] = []
     attributes: list[str] = []
     for p, i in members:
-        text = str(dets[p].labels[i])
+        text = rows[p].labels[i]
         # GRiT-style models name regions with descriptions: they go to attributes (reference).
         target = attributes if detectors[p].gives_attributes else labels
         if text and text not in target:
             target.append(text)
         # A model may also return descriptions beside its labels (Detections.attributes).
-        if dets[p].attributes is not None:
-            extra = " ".join(str(dets[p].attributes[i]).split())
+        if rows[p].extra is not None:
+            extra = rows[p].extra[i]
             if extra and extra not in attributes:
                 attributes.append(extra)
     p0, i0 = members[0]
@@ -212,11 +251,11 @@ def _group_to_object(
     # every object has a non-empty label when any member had text.
     label = labels[0] if labels else (attributes[0] if attributes else "")
     return VotedObject(
-        bbox=dets[p0].xyxy[i0].astype(np.float32).copy(),
-        score=float(dets[p0].scores[i0]),
+        bbox=rows[p0].xyxy[i0].copy(),
+        score=rows[p0].scores[i0],
         label=label,
         labels=labels,
         models=[detectors[p].name for p, _ in members],
         attributes=attributes,
-        indices=[int(prepared[p][1][i]) for p, i in members],
+        indices=[rows[p].input_index[i] for p, i in members],
     )

@@ -4,12 +4,14 @@ CPU environment, sampling parameters.
 
 Options every vLLM adapter knows (`spec.options`), defaults suited to CPU machines and tests:
     max_model_len           context length the engine reserves KV cache for (adapter default)
-    kv_cache_gib            KV-cache size in GiB (default 1.0; vLLM's `kv_cache_memory_bytes`). On CPU
-                            this is the only memory vLLM reserves beyond the weights. null: vLLM sizes
-                            the cache from gpu_memory_utilization (the usual choice on GPUs)
-    gpu_memory_utilization  fraction of the GPU (on CPU: of RAM) vLLM may use when kv_cache_gib is
-                            null (default null = vLLM's default, 0.92). With several actors sharing a
-                            GPU (resources.num_gpus 0.5), set it at or below that share
+    kv_cache_gib            KV-cache size in GiB (vLLM's `kv_cache_memory_bytes`). Default 1.0 on CPU,
+                            where it is the only memory vLLM reserves beyond the weights; on a GPU the
+                            default is null: vLLM sizes the cache from gpu_memory_utilization
+    gpu_memory_utilization  fraction of the GPU vLLM may use, weights and KV cache together (on CPU: of
+                            RAM, when kv_cache_gib is null). Default null = derived from the actor's
+                            share: 0.92 x resources.num_gpus (vLLM's own 0.92 for a whole GPU, the same
+                            headroom kept inside each share), so that engines and other actors sharing
+                            a GPU stay within their shares. An explicit value above num_gpus is refused
     enforce_eager           true (default): no torch.compile / CUDA graphs, so the engine starts in
                             seconds. false on GPUs for throughput
     max_num_seqs            most sequences the engine runs at once (default null = vLLM's default)
@@ -19,7 +21,9 @@ Options every vLLM adapter knows (`spec.options`), defaults suited to CPU machin
                             several actors on a node do not all pin core 0 as vLLM's "auto" does;
                             or "auto" / a core list such as "0-3". The spec wins over the environment
     engine_args             dict of further keyword arguments for `vllm.LLM` (default {})
-`dtype` comes from the spec on accelerators; on CPU the engine runs float32, as the transformers
+GPU memory accounting (docs/scale.md, "GPU memory"): check_gpu_share refuses impossible shares when
+the config is read, and check_gpu_budget, when the engine starts, a share that cannot hold the weights
+or that other actors on the GPU have taken. `dtype` comes from the spec on accelerators; on CPU the engine runs float32, as the transformers
 adapters do. `spec.revision` is passed to vLLM for hub ids.
 """
 
@@ -77,6 +81,107 @@ def sampling_params(gen: GenerationSpec, seed: int | None = None):
     )
 
 
+# vLLM's default gpu_memory_utilization (CacheConfig) for an engine that has a GPU to itself; the rest
+# is headroom for the CUDA context and fragmentation
+WHOLE_GPU_UTILIZATION = 0.92
+
+
+def check_gpu_share(spec: ModelSpec) -> None:
+    """Refuse vLLM GPU settings that cannot work, naming the step (called when the config is read).
+
+    resources.num_gpus is the actor's share of a GPU (or its whole GPUs); an explicit
+    options.gpu_memory_utilization must stay within that share, and an engine on several GPUs
+    (tensor_parallel_size) needs that many whole GPUs.
+    """
+    opts = spec.options or {}
+    share = float(spec.resources.num_gpus)
+    where = f"model '{spec.name}' (backend vllm)"
+    util = opts.get("gpu_memory_utilization")
+    if util is not None:
+        if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1:
+            raise ValueError(f"{where}: options.gpu_memory_utilization must be a fraction in (0, 1] or null, got {util!r}")
+        if 0 < share < 1 and util > share:
+            raise ValueError(
+                f"{where}: options.gpu_memory_utilization {util} is more than its GPU share resources.num_gpus "
+                f"{share}: the engine would take memory the other actors on that GPU need (Ray's shares schedule "
+                f"actors, they do not cap memory). Set it to at most {share}, or null to derive "
+                f"{derived_utilization(share)} from the share"
+            )
+    tp = opts.get("tensor_parallel_size", 1)
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ValueError(f"{where}: options.tensor_parallel_size must be a whole number >= 1, got {tp!r}")
+    if share > 1 or tp > 1:
+        if share != tp:
+            raise ValueError(
+                f"{where}: resources.num_gpus {share} and options.tensor_parallel_size {tp} disagree: an engine "
+                f"spread over several GPUs needs them whole; set both to the number of GPUs (or both to 1)"
+            )
+
+
+def derived_utilization(share: float) -> float:
+    """gpu_memory_utilization for an actor holding `share` of a GPU (share >= 1: whole GPUs)."""
+    return WHOLE_GPU_UTILIZATION if share >= 1 else round(WHOLE_GPU_UTILIZATION * share, 4)
+
+
+def engine_memory(spec: ModelSpec, opts: dict, device: str) -> tuple[float | None, float | None]:
+    """(gpu_memory_utilization, kv_cache_gib) to pass to vLLM: null means vLLM's own sizing. On a GPU
+    the utilization follows the actor's share unless set, and the KV cache fills the rest of it
+    unless spec.options sets kv_cache_gib; on CPU both are taken as given (kv_cache_gib default 1.0)."""
+    util = opts["gpu_memory_utilization"]
+    kv = opts["kv_cache_gib"]
+    if device == "cpu":
+        return util, kv
+    if util is None:
+        util = derived_utilization(float(spec.resources.num_gpus)) if spec.resources.num_gpus > 0 else None
+    if "kv_cache_gib" not in (spec.options or {}):
+        kv = None
+    return util, kv
+
+
+def check_gpu_budget(
+    spec: ModelSpec, utilization: float, total_bytes: int, free_bytes: int, weight_bytes: int | None
+) -> None:
+    """Refuse to start an engine whose budget (utilization x the GPU's memory) cannot work, naming
+    the step: smaller than its weights, or more than what the other actors on the GPU left free."""
+    gib = 2**30
+    budget = utilization * total_bytes
+    share = spec.resources.num_gpus
+    where = f"model '{spec.name}' (backend vllm, resources.num_gpus {share})"
+    if weight_bytes is not None and weight_bytes >= budget:
+        raise RuntimeError(
+            f"{where}: its weights ({weight_bytes / gib:.1f} GiB) do not fit in its GPU budget of {budget / gib:.1f} "
+            f"GiB (gpu_memory_utilization {utilization} of this {total_bytes / gib:.0f} GiB GPU), let alone a KV "
+            f"cache. Raise this step's resources.num_gpus and lower other steps' shares on the GPU (docs/scale.md, "
+            f"'GPU memory')"
+        )
+    if free_bytes < budget:
+        raise RuntimeError(
+            f"{where}: the engine needs {budget / gib:.1f} GiB (gpu_memory_utilization {utilization} of this "
+            f"{total_bytes / gib:.0f} GiB GPU) but only {free_bytes / gib:.1f} GiB are free: the other actors on "
+            f"this GPU use more than their shares. Lower their batch_size or give them larger num_gpus shares "
+            f"(docs/scale.md, 'GPU memory')"
+        )
+
+
+def checkpoint_bytes(model: str) -> int | None:
+    """Size of a local checkpoint's weight files (None for a hub id: unknown before download)."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    files = [f for pattern in ("*.safetensors", "*.bin") for f in path.glob(pattern)]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _check_cuda_budget(spec: ModelSpec, model: str, utilization: float | None, device: str) -> None:
+    import torch
+
+    if utilization is None or not torch.cuda.is_available():
+        return
+    index = torch.device(device).index or 0
+    free, total = torch.cuda.mem_get_info(index)
+    check_gpu_budget(spec, utilization, total, free, checkpoint_bytes(model))
+
+
 def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
     """The `vllm.LLM` for `model` with the engine options `opts`, started once per process and
     settings (`extra_kwargs` are further `vllm.LLM` arguments of the adapter, e.g. limit_mm_per_prompt)."""
@@ -92,10 +197,11 @@ def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
     )
     if opts["max_model_len"] is not None:
         kwargs["max_model_len"] = int(opts["max_model_len"])
-    if opts["kv_cache_gib"] is not None:
-        kwargs["kv_cache_memory_bytes"] = int(float(opts["kv_cache_gib"]) * 2**30)
-    if opts["gpu_memory_utilization"] is not None:
-        kwargs["gpu_memory_utilization"] = float(opts["gpu_memory_utilization"])
+    utilization, kv_cache_gib = engine_memory(spec, opts, device)
+    if kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(float(kv_cache_gib) * 2**30)
+    if utilization is not None:
+        kwargs["gpu_memory_utilization"] = float(utilization)
     if opts["max_num_seqs"] is not None:
         kwargs["max_num_seqs"] = int(opts["max_num_seqs"])
     if device == "cpu":
@@ -115,6 +221,8 @@ def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
         return _ENGINES[key]
     from vllm import LLM
 
+    if device != "cpu":
+        _check_cuda_budget(spec, model, utilization, device)
     try:
         with environ(env):
             llm = LLM(**kwargs)
