@@ -104,3 +104,19 @@ def with_retries(fn: Callable[[], T], *, shard: str, uri: str, attempts: int | N
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def find_transient(err: BaseException) -> TransientReadError | None:
+    """The TransientReadError behind `err`, if any: Ray re-raises a task's exception wrapped
+    (RayTaskError, Ray Data's UserCodeException), keeping the original as a cause."""
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TransientReadError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
