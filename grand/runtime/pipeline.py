@@ -28,6 +28,7 @@ from pathlib import Path
 
 from grand.config import ConfigError, LLMSpec, ModelSpec, PipelineConfig
 from grand.io.errors import find_transient
+from grand.redact import redact_config
 from grand.io.manifest import Manifest, PlanMismatchError, load_plan, save_plan
 from grand.io.output import OutputDir
 from grand.io.sink import ShardSink, error_reason, shard_counts
@@ -561,7 +562,7 @@ def _run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
 
     run = manifest.start_run({
         "command": "run", "levels": list(levels), "input": load_plan(out)[0],
-        "config": json.loads(cfg.model_dump_json()), "models": {f"level{lv}": provenance(cfg, lv) for lv in all_levels},
+        "config": redact_config(json.loads(cfg.model_dump_json())), "models": {f"level{lv}": provenance(cfg, lv) for lv in all_levels},
         "versions": package_versions(), "passes": [{"levels": list(p.levels), "shards": [s.name for s in p.shards]} for p in passes],
     })
     manifest.save()
