@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import gzip
 import io
-import signal
 import tarfile
 from pathlib import Path
 
@@ -33,14 +32,7 @@ from grand.io.sources import plan_shards, read_shard
 
 MAX_FILE = 64 * 1024
 
-
-@pytest.fixture(autouse=True)
-def _no_hang():
-    # A FIFO read or a looping tar plan would block forever: fail the test instead of the suite.
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("read hung")))
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 def _cfg(**kw) -> InputSpec:

@@ -4,7 +4,6 @@ for minutes (before this, "Objects" + 5,000 spaces + "x" took 45-85 s in parse_c
 
 from __future__ import annotations
 
-import signal
 
 import pytest
 
@@ -21,14 +20,7 @@ ADVERSARIAL = [
     "<<" + " " * 5_000 + "[" + " " * 5_000,
 ]
 
-
-@pytest.fixture(autouse=True)
-def _guard():
-    # not a timing: a backtracking regex would run for minutes; fail instead of hanging the suite
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("regex backtracking")))
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL)
