@@ -4,7 +4,8 @@ half-written file under its final name.
 Layout of `<out>` (local path or any fsspec URI):
     level1/<shard>.parquet        one file per input shard and level, visible only when complete
     manifest.json                 committed shards (rows, ok, errors), runs (config, models, versions)
-    _grand/plan.json              the shard plan made on the first run; later runs reuse it
+    _grand/plan.json              the shard plan made on the first run (created exclusively); later runs reuse it
+    _grand/lock.json              the running run's lock: host, pid, start, heartbeat (grand.io.lock)
     _grand/tmp/                   in-progress files (removed on commit; leftovers are harmless)
 """
 
