@@ -307,8 +307,21 @@ class Level4Spec(_Strict):
 class InputSpec(_Strict):
     shard_size: int = Field(256, ge=1, description="images per shard when the input is a folder")
     max_image_pixels: int = Field(
-        89_478_485, ge=1, description="larger images are refused as decompression bombs (PIL's default)"
+        89_478_485, ge=1, le=178_956_970,
+        description="larger images are refused as decompression bombs (PIL's default), and no image is padded "
+        "beyond it; at most PIL's hard limit (2 x its default), which grand does not lift",
     )
+    max_file_bytes: int = Field(
+        256 * 2**20, ge=1, description="larger folder files, tar members and Parquet values become error rows unread"
+    )
+    max_compression_ratio: float = Field(
+        20.0, gt=1, description="a compressed tar (.tar.gz/.bz2/.xz) or a Parquet row group's image column may "
+        "expand to at most this many times its compressed size (and at least max_file_bytes): bombs become error rows",
+    )
+    read_attempts: int = Field(
+        5, ge=1, description="tries per read of a file or container before its shard fails for this run (transient errors)"
+    )
+    read_backoff_s: float = Field(1.0, ge=0, description="pause before the first retry; it doubles each time")
     image_column: str = Field("image", description="Parquet inputs: column with image bytes (or {bytes: ...})")
     id_column: str | None = Field(None, description="Parquet inputs: column with stable image ids")
     extensions: list[str] = Field(

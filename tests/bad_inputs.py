@@ -27,7 +27,7 @@ CORPUS_REASONS: dict[str, str] = {
     "truncated.jpg": "truncated",
     "empty.jpg": "empty file",
     "text.png": "not an image",
-    "bomb.png": "decompression bomb: 30000×30000 pixels",
+    "bomb.png": "decompression bomb: 900000000 pixels exceeds max_image_pixels",
 }
 
 CORPUS_SIZES: dict[str, tuple[int, int]] = {
@@ -95,7 +95,11 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def _bomb_png() -> bytes:
     # A valid PNG header claiming 30000×30000 1-bit pixels, with only a few rows of data: a reader
     # that trusts the header would allocate ~900 Mpx; the file is under 100 bytes.
-    w, h = BOMB_SIZE
+    return png_header(*BOMB_SIZE)
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG claiming w×h 1-bit pixels with only 4 rows of data (truncated when decoded)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * ((w + 7) // 8 + 1) * 4, 9)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
@@ -150,3 +154,66 @@ def _corpus_bytes() -> dict[str, bytes]:
         "animated.gif": _animated_gif(),
     }
     return files
+
+
+# -- hostile inputs (issue 13): files that must be refused without being read ---------------------
+STRIP_SIZE = (40000, 50)  # 2 Mpx, but padded to 4:1 for the detectors it would be 400 Mpx
+EPS_BYTES = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+
+HOSTILE_REASONS: dict[str, str] = {
+    "fifo.jpg": "not a regular file (FIFO)",
+    "zero.jpg": "symlink resolves outside the input root",  # to /dev/zero, which reads forever
+    "outside.jpg": "symlink resolves outside the input root",
+    "huge.png": "over input.max_file_bytes=",
+    "bomb.png": "decompression bomb",
+    "strip.png": "extreme aspect ratio: 40000×50 would be padded to 40000×10000",
+    "postscript.jpg": "not an image",
+}
+
+
+def write_hostile_folder(root: str | Path, outside: str | Path, max_file_bytes: int) -> dict[str, str]:
+    """Write the hostile folder corpus into `root` (plus one good image and a secret file in
+    `outside`, which must never be read); returns {relative path: expected status}."""
+    import os
+
+    root, outside = Path(root), Path(outside)
+    root.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(parents=True, exist_ok=True)
+    (root / "good.jpg").write_bytes(_encode(_gradient(64, 48), "JPEG", quality=90))
+    os.mkfifo(root / "fifo.jpg")  # reading it would block forever
+    (root / "zero.jpg").symlink_to("/dev/zero")  # reading it would run until MemoryError
+    (outside / "secret.jpg").write_bytes(_encode(_gradient(8, 8), "JPEG"))
+    (root / "outside.jpg").symlink_to(outside / "secret.jpg")
+    (root / "huge.png").write_bytes(_encode(_gradient(8, 8), "PNG") + bytes(max_file_bytes))
+    (root / "bomb.png").write_bytes(_bomb_png())
+    (root / "strip.png").write_bytes(_encode(Image.new("L", STRIP_SIZE, 128), "PNG"))
+    (root / "postscript.jpg").write_bytes(EPS_BYTES)
+    return {"good.jpg": "ok", **{name: "error" for name in HOSTILE_REASONS}}
+
+
+def tar_header(name: str, size: int = 0, *, raw_size: int | None = None, sparse_realsize: int | None = None) -> bytes:
+    """One GNU tar header block. `raw_size` writes any size in base-256 (negative ones included);
+    `sparse_realsize` makes a GNU sparse member ('S') claiming that many bytes from `size` stored."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    buf = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    if raw_size is not None:
+        buf[124:136] = b"\xff" + (256**11 + raw_size).to_bytes(11, "big")
+    if sparse_realsize is not None:
+        buf[156:157] = tarfile.GNUTYPE_SPARSE
+        buf[386:398] = tarfile.itn(sparse_realsize - size, 12, tarfile.GNU_FORMAT)  # one data run, at the end
+        buf[398:410] = tarfile.itn(size, 12, tarfile.GNU_FORMAT)
+        buf[483:495] = tarfile.itn(sparse_realsize, 12, tarfile.GNU_FORMAT)
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    return tar_header(name, len(data)) + data + bytes(-len(data) % 512)
+
+
+def good_jpeg(width: int = 32, height: int = 24) -> bytes:
+    return _encode(_gradient(width, height), "JPEG", quality=90)

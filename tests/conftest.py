@@ -51,3 +51,19 @@ def combined(ray_session, tmp_path_factory):
     summary = run_pipeline(cfg, RunOptions(input=str(tmp / "in"), output=str(tmp / "all"), levels=(1, 2, 3, 4)))
     assert summary.images == 6 and summary.errors == 1, summary.text()
     return tmp / "in", tmp / "all", expected
+
+
+@pytest.fixture
+def no_hang():
+    """Fail the test instead of hanging the suite when something that must finish does not (a FIFO
+    read, a looping tar plan, a backtracking regex: minutes, where the fix takes milliseconds)."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("did not finish within 60 s: it hangs or backtracks")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

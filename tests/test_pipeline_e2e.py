@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 import yaml
 
-from bad_inputs import write_bad_input_corpus
+from bad_inputs import HOSTILE_REASONS, write_bad_input_corpus, write_hostile_folder
 from conftest import ROOT, TINYCOCO, YOLOX_DIR, needs_shared
 from kill_run import kill_after_commits
 from grand.config import load_config
@@ -32,9 +32,15 @@ def _rows(out: Path) -> list[dict]:
     return pads.dataset(str(out / "level1"), format="parquet").to_table().to_pylist()
 
 
+HOSTILE_MAX_FILE = 2**20  # input.max_file_bytes of the runs over _input_folder
+
+
 def _input_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     folder = tmp_path / "in"
     expected = write_bad_input_corpus(folder)
+    # FIFO, symlinks to /dev/zero and out of the folder, over-size file, strip, EPS (issue 13)
+    hostile = write_hostile_folder(folder / "hostile", tmp_path / "elsewhere", HOSTILE_MAX_FILE)
+    expected.update({f"hostile/{name}": status for name, status in hostile.items()})
     if TINYCOCO.is_dir():
         for p in sorted((TINYCOCO / "images").glob("*.jpg"))[:3]:
             (folder / "coco").mkdir(exist_ok=True)
@@ -54,7 +60,8 @@ FEW_MODELS = {"level1": {"taggers": [], "label_choice": None, "attributes": None
 def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
     folder, expected = _input_folder(tmp_path)
     out = tmp_path / "out"
-    cfg = load_config(ROOT / "pipelines" / "tiny.yaml", {"input": {"shard_size": 5}, **FEW_MODELS})
+    cfg = load_config(ROOT / "pipelines" / "tiny.yaml",
+                      {"input": {"shard_size": 5, "max_file_bytes": HOSTILE_MAX_FILE}, **FEW_MODELS})
     summary = run_pipeline(cfg, RunOptions(input=str(folder), output=str(out)))
 
     rows = _rows(out)
@@ -65,6 +72,9 @@ def test_tiny_pipeline_covers_every_input_exactly_once(ray_session, tmp_path):
         assert r["status"] == expected[r["image_id"]], (r["image_id"], r["error"])
         if r["status"] == "error":
             assert r["error"] and r["objects"] == []
+            name = r["image_id"].removeprefix("hostile/")
+            if r["image_id"].startswith("hostile/"):
+                assert HOSTILE_REASONS[name] in r["error"], r
             continue
         assert r["width"] > 0 and r["height"] > 0 and r["error"] is None
         assert {p["name"] for p in r["provenance"]} == {"rtdetr", "sam", "depth_anything"}

@@ -5,6 +5,8 @@ and never touch levels 1-2; a dead LLM endpoint gives per-image errors, not a cr
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -86,10 +88,15 @@ def test_a_dead_llm_endpoint_fails_levels_3_4_per_image_and_keeps_levels_1_2(com
     cfg = load_config(TINY)
     cfg.level3.llm = LLMSpec(  # nothing listens on port 9
         name="llama", backend="http", checkpoint="tiny-llama", resources={"num_cpus": 0.1},
-        endpoint={"url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5},
+        # credentials in the URL (loopback: plain http allowed) must never reach rows, manifest, report
+        endpoint={"url": "http://grand:sk-SECRET1@127.0.0.1:9/v1?api_key=sk-SECRET2", "max_retries": 1,
+                  "backoff_s": 0.01, "timeout_s": 5},
     )
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(out), levels=(3, 4)))
     assert summary.images == 6 and summary.ok == 0
+    texts = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]  # manifest, reports
+    assert texts and not [p for p in texts if b"sk-SECRET" in p.read_bytes()]
+    assert not [r for lv in (3, 4) for r in rows(out, lv) if "sk-SECRET" in json.dumps(r, default=str)]
     assert {p.relative_to(out): p.read_bytes() for p in out.glob("level[12]/*.parquet")} == before
     for lv in (3, 4):
         for r in rows(out, lv):

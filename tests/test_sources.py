@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grand.config import InputSpec
+from grand.io.errors import TransientReadError
 from grand.io.sources import ShardSpec, SourceImage, plan_shards, read_shard
 
 
@@ -78,17 +79,21 @@ def test_folder_shard_reads_bytes_with_relative_ids(photo_folder: Path):
         assert r.source == f"{photo_folder}/{r.image_id}"
 
 
-def test_vanished_or_unreadable_file_becomes_an_error_row(photo_folder: Path):
-    cfg = _cfg(shard_size=10)
+def test_unreadable_file_becomes_an_error_row_and_a_vanished_one_fails_the_shard(photo_folder: Path):
+    cfg = _cfg(shard_size=10, read_attempts=2, read_backoff_s=0)
     (spec,) = plan_shards(str(photo_folder), cfg)
-    (photo_folder / "sub/c.JPG").unlink()
     (photo_folder / "b.jpg").unlink()
-    (photo_folder / "b.jpg").mkdir()  # a folder where the file was: unreadable
+    (photo_folder / "b.jpg").mkdir()  # a folder where the file was: its content can never be read
     rows = _read_all(spec, cfg)
     bad = {r.image_id: r for r in rows if r.error}
-    assert set(bad) == {"sub/c.JPG", "b.jpg"}
-    assert all(r.data == b"" and r.error.startswith("cannot read file") for r in bad.values())
-    assert sum(r.error is None for r in rows) == 3
+    assert set(bad) == {"b.jpg"}
+    assert bad["b.jpg"].data == b"" and bad["b.jpg"].error.startswith("cannot read file")
+    assert sum(r.error is None for r in rows) == 4
+
+    (photo_folder / "sub/c.JPG").unlink()  # missing: storage trouble, not content
+    with pytest.raises(TransientReadError, match=r"sub/c\.JPG after 2 tries: FileNotFoundError") as err:
+        list(read_shard(spec, cfg))
+    assert err.value.shard == spec.name
 
 
 def test_extensions_and_single_image_input(photo_folder: Path):
@@ -211,8 +216,9 @@ def test_tar_replaced_by_garbage_gives_all_error_rows(tmp_path: Path):
     rows = _read_all(spec, cfg)
     assert [r.image_id for r in rows] == ["x:0", "x:1", "x:2"]
     assert all(r.error.startswith("cannot read tar") and r.data == b"" for r in rows)
-    tar.unlink()
-    assert all(r.error for r in _read_all(spec, cfg))  # a vanished tar too
+    tar.unlink()  # a vanished tar is not damaged content: its shard fails, nothing is committed
+    with pytest.raises(TransientReadError, match="FileNotFoundError"):
+        list(read_shard(spec, _cfg(read_attempts=1)))
 
 
 def test_tar_with_fewer_images_than_planned_is_padded(tmp_path: Path):

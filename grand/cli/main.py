@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from grand.config import ConfigError
+    from grand.io.lock import OutputLockedError
     from grand.io.manifest import PlanMismatchError
     from grand.models.loading import ModelUnavailableError
     from grand.runtime.pipeline import RunError
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as err:
         print(f"grand: run failed: {err}", file=sys.stderr)
         return 1
+    except OutputLockedError as err:  # another run writes the folder (grand.io.lock)
+        print(f"grand: error: {err}", file=sys.stderr)
+        return 3
 
 
 def build_parser() -> argparse.ArgumentParser:

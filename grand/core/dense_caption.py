@@ -14,7 +14,7 @@ the same batch repeats itself (with a deterministic backend).
 
 Decisions, per image:
 
-- Regeneration continues the caption conversation: the previous caption as an assistant turn, then
+- Regeneration continues the caption conversation: the previous caption (cleaned as below) as an assistant turn, then
   the feedback prompt (`{missing}` = the absent objects) as a user turn. The model sees what it
   wrote and what was wrong with it; earlier rounds stay in the conversation, so an object removed
   once is not brought back. The conversation grows by one short exchange per attempt
@@ -145,8 +145,7 @@ class CaptionChecker:
     def checklist_conversation(self, caption: str) -> list[dict]:
         """The request for the checklist of `caption`: [system?, user], the caption in a
         <caption> block, cleaned to one line (module doc)."""
-        text = clean_text(_MARKER_IN_CAPTION.sub("checklist ", caption), MAX_CAPTION_CHARS)
-        return build_conversation(self.checklist_template, CAPTION_SLOT, CAPTION_TAG, text)
+        return build_conversation(self.checklist_template, CAPTION_SLOT, CAPTION_TAG, prompt_caption(caption))
 
     def feedback(self, missing: Sequence[str]) -> str:
         """The regeneration request naming the absent objects: '"giraffe", "kite" and "zebra"'.
@@ -161,6 +160,12 @@ class CaptionChecker:
         if checklist is None:
             return CheckResult(None, [])
         return CheckResult(checklist, self.matcher.find_missing(checklist, terms))
+
+
+def prompt_caption(caption: str) -> str:
+    """A caption as it may go back into a prompt (the checklist request, or the assistant turn of a
+    regeneration): model text, so cleaned like every other (clean_text) and its "CHECKLIST:" defused."""
+    return clean_text(_MARKER_IN_CAPTION.sub("checklist ", caption), MAX_CAPTION_CHARS)
 
 
 def clean_caption(reply: str) -> str:
@@ -303,7 +308,8 @@ def write_verified_captions(
             elif k == max_attempts - 1:
                 finish(i, False)
             else:
-                convs[i] += [{"role": "assistant", "content": attempt.caption},
+                # the caption goes back as the model's own turn: cleaned like any model text in a prompt
+                convs[i] += [{"role": "assistant", "content": prompt_caption(attempt.caption)},
                              {"role": "user", "content": checker.feedback(check.missing)}]
                 next_pending.append(i)
         pending = next_pending

@@ -54,6 +54,7 @@ from typing import Iterable
 import numpy as np
 
 from grand.config import SceneGraphSpec
+from grand.core.text import MAX_MODEL_TEXT_CHARS, squash_spaces
 from grand.schema import SceneGraph, SceneLayer
 
 LAYER_NAMES: tuple[str, ...] = ("immediate foreground", "foreground", "midground", "background")
@@ -87,9 +88,10 @@ def clean_text(text: object, max_chars: int | None = None) -> str:
     `max_chars` characters (cut at a word boundary). None -> ""."""
     if text is None:
         return ""
-    s = unicodedata.normalize("NFKC", str(text))
+    s = unicodedata.normalize("NFKC", str(text)[:MAX_MODEL_TEXT_CHARS])
     s = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in s)
     s = "".join(c for c in s if unicodedata.category(c) not in ("Cf", "Co", "Cs"))
+    s = squash_spaces(s)  # linear; the patterns below must never see a long run of spaces
     # repeated: removing one marker must not join the pieces of another ("<sc<x>ene_graph>")
     for _ in range(3):
         before = s

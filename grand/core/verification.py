@@ -51,6 +51,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from grand.core.text import MAX_MODEL_TEXT_CHARS, squash_lines
+
 Similarity = Callable[[list[str], list[str]], np.ndarray]
 
 CHECKLIST_MARKER = "CHECKLIST"
@@ -130,7 +132,9 @@ def parse_checklist(text: object) -> list[str] | None:
 def _parse_checklist(text: object) -> list[str] | None:
     if not isinstance(text, str):
         return None
-    lines = [_strip_markdown(line) for line in unicodedata.normalize("NFKC", text).splitlines()]
+    # cap and collapse whitespace first: the patterns below backtrack on long runs of spaces
+    text = unicodedata.normalize("NFKC", text[:MAX_MODEL_TEXT_CHARS])
+    lines = [_strip_markdown(line) for line in squash_lines(text)]
     marker = _last_marker(lines)
     if marker is not None:
         index, rest, strict = marker

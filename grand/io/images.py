@@ -11,20 +11,28 @@ majority) are passed through untouched; everything else is re-encoded once, loss
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-# grand enforces its own limit (InputSpec.max_image_pixels) from the header before decoding, with
-# a reason that names the size. PIL's process-wide limit cannot be set per call: it would warn at
-# 1x and raise before we can read the size at 2x its default, and it would refuse prepared images
-# in `open_rgb` when a config allows larger ones. So grand disables it wherever this module runs.
-Image.MAX_IMAGE_PIXELS = None
+from grand.models.preprocess import padded_size
+
+# Decoders grand lets PIL use: the formats of photo datasets. PIL would otherwise sniff every format
+# it knows, EPS included (which runs Ghostscript). Anything else is "not an image".
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+_OPEN_FORMATS = tuple(f for f in ALLOWED_FORMATS if f != "MPO")  # PIL opens MPO with its JPEG opener
+
+# grand enforces its own limit (InputSpec.max_image_pixels) from the header before decoding, with a
+# reason that names the size. PIL's process-wide Image.MAX_IMAGE_PIXELS is left as it is: it warns
+# above its default (silenced here, our limit decides) and raises above twice that, which is why
+# input.max_image_pixels cannot exceed 2 x PIL's default.
 
 # Formats whose plain RGB / L files we hand on as-is: every model stage decodes them directly.
 # MPO is a JPEG with extra pictures appended (phone cameras); PIL's default frame is the photo.
 _PASSTHROUGH_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
+_PREPARED_FORMATS = ("JPEG", "PNG")  # what prepare_image returns (MPO opens as JPEG; re-encodes are PNG)
 
 # EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
 _ORIENTATION_FIX = {
@@ -62,11 +70,18 @@ def prepare_image(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
     with warnings.catch_warnings():
         # PIL warns about odd-but-readable files (bad EXIF, palette quirks); the row says enough.
         warnings.simplefilter("ignore")
-        im = _open_header(data)
+        im = _open_header(data, max_pixels)
         width, height = im.size
         if width * height > max_pixels:
             raise ImageDecodeError(
                 f"decompression bomb: {width}×{height} pixels exceeds max_image_pixels={max_pixels}"
+            )
+        pad_w, pad_h = padded_size(width, height)
+        if pad_w * pad_h > max_pixels:
+            # the detectors and depth models pad extreme strips to MAX_ASPECT:1 (grand.models.preprocess)
+            raise ImageDecodeError(
+                f"extreme aspect ratio: {width}×{height} would be padded to {pad_w}×{pad_h} pixels for the "
+                f"models, over max_image_pixels={max_pixels}"
             )
         try:
             im.seek(0)  # animated images (GIF, APNG, WebP): the first frame is the image
@@ -89,20 +104,28 @@ def prepare_image(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
 
 def open_rgb(data: bytes) -> Image.Image:
     """Decode bytes returned by `prepare_image` to a loaded RGB image (no further checks)."""
-    im = Image.open(io.BytesIO(data))
-    if im.mode != "RGB":
-        im = im.convert("RGB")  # grayscale pass-through files
-    else:
-        im.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # prepare_image checked the size
+        im = Image.open(io.BytesIO(data), formats=_PREPARED_FORMATS)
+        if im.mode != "RGB":
+            im = im.convert("RGB")  # grayscale pass-through files
+        else:
+            im.load()
     return im
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _open_header(data: bytes) -> Image.Image:
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image: cannot identify image format") from None
+        raise ImageDecodeError(
+            f"not an image: cannot identify image format (accepted: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
+    except Image.DecompressionBombError as exc:  # over twice PIL's default: PIL refuses at open
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{pixels.group(1)} pixels" if pixels else str(exc)
+        raise ImageDecodeError(f"decompression bomb: {size} exceeds max_image_pixels={max_pixels}") from None
     except Exception as exc:  # a recognised format whose header is broken
         raise ImageDecodeError(f"corrupt image header: {_describe(exc)}") from None
 

@@ -34,7 +34,8 @@ def load_plan(out: OutputDir) -> tuple[str, list[ShardSpec]] | None:
 
 
 def save_plan(out: OutputDir, input_uri: str, shards: list[ShardSpec]) -> None:
-    out.write_json_atomic(
+    """Create the plan; a plan is never replaced (FileExistsError when another run made one)."""
+    out.create_json_exclusive(
         out.plan_path,
         {"format": PLAN_FORMAT, "input": input_uri, "created": now_iso(), "shards": [s.to_dict() for s in shards]},
     )

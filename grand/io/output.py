@@ -4,7 +4,8 @@ half-written file under its final name.
 Layout of `<out>` (local path or any fsspec URI):
     level1/<shard>.parquet        one file per input shard and level, visible only when complete
     manifest.json                 committed shards (rows, ok, errors), runs (config, models, versions)
-    _grand/plan.json              the shard plan made on the first run; later runs reuse it
+    _grand/plan.json              the shard plan made on the first run (created exclusively); later runs reuse it
+    _grand/lock.json              the running run's lock: host, pid, start, heartbeat (grand.io.lock)
     _grand/tmp/                   in-progress files (removed on commit; leftovers are harmless)
 """
 
@@ -86,6 +87,27 @@ class OutputDir:
         else:
             # Object stores have no rename; a single PUT of the final key is atomic there.
             self.fs.pipe_file(path, data)
+
+    def create_json_exclusive(self, path: str, obj: dict) -> None:
+        """Write `path` only if it does not exist (FileExistsError otherwise): O_EXCL locally, mode
+        "xb" (a conditional PUT) on object stores."""
+        data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8")
+        self.fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
+        if self.local:
+            tmp = self.path("_grand", "tmp", f"{uuid.uuid4().hex}-{PurePosixPath(path).name}")
+            self.fs.makedirs(str(PurePosixPath(tmp).parent), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # complete content under the final name, or FileExistsError
+            finally:
+                os.unlink(tmp)
+            _fsync_dir(os.path.dirname(path))
+        else:
+            with self.fs.open(path, "xb") as f:
+                f.write(data)
 
     def write_json_atomic(self, path: str, obj: dict) -> None:
         self.write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8"))

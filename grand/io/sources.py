@@ -10,8 +10,16 @@ Three layouts are understood, on any fsspec filesystem (local paths, s3://, gs:/
   images from `InputSpec.image_column` (binary or the HF Image struct {bytes, path}).
 
 The plan fixes each shard's image count. `read_shard` always yields exactly that many rows, in
-index order: a file or member that cannot be read becomes a row with `error` set, and a container
-that ends early is padded with error rows, so a shard's output never silently loses images.
+index order: a file or member whose *content* cannot be used (over `input.max_file_bytes`, a FIFO,
+a device, a symlink out of the input root, a sparse tar member, a damaged tar) becomes a row with
+`error` set, and a container that ends early is padded with error rows, so a shard's output never
+silently loses images. Failing to *reach* the bytes (I/O errors, a vanished file or tar, object-store
+errors) is retried with backoff and then raised as `grand.io.errors.TransientReadError`: the run
+fails that shard without committing it, and the next run reads it again (grand.io.errors).
+
+Hostile containers are bounded: tar planning refuses negative sizes, non-increasing member offsets
+and absurd member counts; compressed tars (.tar.gz, .tar.bz2, .tar.xz) and Parquet row groups may
+expand at most `input.max_compression_ratio` times their compressed size.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from grand.config import InputSpec
+from grand.io.bounded import Retry, TarStructureError, open_container, read_file_bytes, walk_tar
+from grand.io.errors import ContentError, TransientReadError
 
 log = logging.getLogger(__name__)
 
@@ -172,27 +182,46 @@ def _plan_containers(
 
 def _count_tar_images(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
     image_exts = _normalise_extensions(cfg.extensions)
+    uri = _full_uri(fs, path)
+    retry = Retry(posixpath.basename(path), cfg.read_attempts, cfg.read_backoff_s)
     count = 0
     try:
-        # Random-access mode: only the 512-byte headers are read, member data is skipped by seek.
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-            for member in tar:
+        # Random-access mode: only the 512-byte headers are read, member data is skipped by seek
+        # (decompressed and dropped for .tar.gz, within the byte budget).
+        with _open_tar_stream(fs, path, retry, uri, cfg) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in walk_tar(tar, uri):
                 if _is_image_member(member, image_exts):
                     count += 1
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        if count == 0:
-            raise ValueError(f"cannot read tar {path!r}: {exc}") from None
-        # A damaged tail: plan what the headers showed; reading will report the damaged members.
-        log.warning("tar %s is damaged after %d images (%s); planning those", path, count, exc)
+    except TransientReadError:
+        raise
+    except TarStructureError as exc:
+        raise ValueError(f"cannot plan {exc.reason}; fix or remove that tar") from None
+    except Exception as exc:  # tarfile.TarError, EOFError, zlib / lzma errors: the bytes are damaged
+        return _planned_damaged(path, count, exc)
     return count
 
 
+def _planned_damaged(path: str, count: int, exc: Exception) -> int:
+    if count == 0:
+        raise ValueError(f"cannot read tar {path!r}: {_describe(exc)}") from None
+    # A damaged tail: plan what the headers showed; reading will report the damaged members.
+    log.warning("tar %s is damaged after %d images (%s); planning those", path, count, _describe(exc))
+    return count
+
+
+def _open_tar_stream(fs, path: str, retry: Retry, uri: str, cfg: InputSpec):
+    return open_container(fs, path, retry, uri, cfg.max_compression_ratio, cfg.max_file_bytes, decompress=True)
+
+
 def _count_parquet_rows(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
+    retry = Retry(posixpath.basename(path), cfg.read_attempts, cfg.read_backoff_s)
     try:
-        with fs.open(path, "rb") as f:
+        with open_container(fs, path, retry, _full_uri(fs, path), 0, 0, decompress=False) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
             num_rows = pf.metadata.num_rows
+    except TransientReadError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet data
         raise ValueError(f"cannot read Parquet file {path!r}: {exc}") from None
     _check_image_column(path, schema, cfg)
@@ -240,11 +269,15 @@ def read_shard(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
 def _read_folder(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
     fs, root = url_to_fs(spec.uri)
     root = root.rstrip("/") or root
+    retry = _retry(spec, cfg)
 
     def fetch(member: str) -> bytes | Exception:
+        uri = f"{spec.uri.rstrip('/')}/{member}"
         try:
-            return fs.cat_file(f"{root}/{member}")
-        except Exception as exc:  # vanished, unreadable, permission denied ...
+            return retry(lambda: read_file_bytes(fs, root, member, cfg.max_file_bytes), uri)
+        except TransientReadError:
+            raise  # fails the shard: the file may be back on the next run
+        except Exception as exc:  # content: too big, a FIFO, a folder where the file was ...
             return exc
 
     with ThreadPoolExecutor(max_workers=_FOLDER_READ_CHUNK) as pool:
@@ -258,6 +291,10 @@ def _read_folder(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
                     yield SourceImage(member, source, start + offset, got)
 
 
+def _retry(spec: ShardSpec, cfg: InputSpec) -> Retry:
+    return Retry(spec.name, cfg.read_attempts, cfg.read_backoff_s)
+
+
 def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
     """Stream the tar once, front to back (cheap on object stores), pairing each image with the
     .json member of the same name. Members of one sample are adjacent in SA-1B and WebDataset
@@ -265,13 +302,14 @@ def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
     image_exts = _normalise_extensions(cfg.extensions)
     index = 0
     problem = "tar ended early"
+    group_key: str | None = None
+    group_images: list[tuple[str, bytes | Exception]] = []
+    group_sidecar: str | None = None
     try:
         fs, path = url_to_fs(spec.uri)
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            group_key: str | None = None
-            group_images: list[tuple[str, bytes | Exception]] = []
-            group_sidecar: str | None = None
-            for member in tar:
+        with _open_tar_stream(fs, path, _retry(spec, cfg), spec.uri, cfg) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in walk_tar(tar, spec.uri):
                 key = _member_key(member.name)
                 if key != group_key:
                     for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
@@ -279,19 +317,25 @@ def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
                         index += 1
                     group_key, group_images, group_sidecar = key, [], None
                 if _is_image_member(member, image_exts):
-                    group_images.append((member.name, _read_member(tar, member)))
-                    if isinstance(group_images[-1][1], Exception):
+                    group_images.append((member.name, _read_member(tar, member, cfg.max_file_bytes)))
+                    got = group_images[-1][1]
+                    if isinstance(got, Exception) and not isinstance(got, ContentError):
                         problem = "tar is damaged"
                         break  # in stream mode a failed read leaves the stream unusable
                 elif member.isfile() and member.name.lower().endswith(_SIDECAR_SUFFIX):
-                    sidecar = _read_member(tar, member)
+                    sidecar = _read_member(tar, member, cfg.max_file_bytes)
                     if isinstance(sidecar, bytes):
                         group_sidecar = sidecar.decode("utf-8", errors="replace")
-            for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
-                yield row
-                index += 1
+    except TransientReadError:
+        raise  # the tar could not be reached: fail the shard, the next run reads it again
+    except ContentError as exc:
+        problem = f"tar is damaged: {exc.reason}"
     except Exception as exc:
         problem = f"cannot read tar: {_describe(exc)}"
+    # the last sample (or the one the damage interrupted, with what was read of it)
+    for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
+        yield row
+        index += 1
     yield from _missing_rows(spec, index, f"{problem} (read {index} of {spec.num_images} planned images)")
 
 
@@ -309,12 +353,20 @@ def _tar_group_rows(
             yield SourceImage(image_id, source, start + offset, got, sidecar)
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | Exception:
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) -> bytes | Exception:
+    """A member's bytes, or the exception saying why not. Sparse members (GNU or PAX) are refused:
+    their few stored bytes may stand for gigabytes of holes. A TransientReadError is raised."""
+    if member.issparse():
+        return ContentError("sparse tar member; not read")
+    if member.size > max_bytes:
+        return ContentError(f"member is {member.size} bytes, over input.max_file_bytes={max_bytes}; not read")
     try:
         f = tar.extractfile(member)
         if f is None:
             raise tarfile.ReadError("member has no data")
-        return f.read()
+        return f.read(member.size)
+    except TransientReadError:
+        raise
     except Exception as exc:
         return exc
 
@@ -324,26 +376,56 @@ def _read_parquet(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
     problem = "Parquet file ended early"
     try:
         fs, path = url_to_fs(spec.uri)
-        with fs.open(path, "rb") as f:
+        with open_container(fs, path, _retry(spec, cfg), spec.uri, 0, 0, decompress=False) as f:
             pf = pq.ParquetFile(f)
             _check_image_column(spec.uri, pf.schema_arrow, cfg)
             columns = [cfg.image_column] + ([cfg.id_column] if cfg.id_column else [])
-            # iter_batches decodes one row group at a time: memory stays at a batch, not a file.
-            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
-                images = _image_values(batch.column(cfg.image_column))
-                ids = batch.column(cfg.id_column).to_pylist() if cfg.id_column else [None] * len(images)
-                for value, (data, ref) in zip(ids, images):
-                    image_id = str(value) if value is not None else f"{spec.name}/{index}"
-                    source = f"{spec.uri}::{index}"
-                    if data is None:
-                        why = f"no image bytes in row (path {ref!r} only)" if ref else "image value is null"
-                        yield SourceImage(image_id, source, index, b"", error=why)
-                    else:
-                        yield SourceImage(image_id, source, index, data)
-                    index += 1
+            for group in range(pf.metadata.num_row_groups):
+                bomb = _row_group_bomb(pf.metadata, group, cfg)
+                if bomb:  # refused from the metadata, before a byte is decompressed
+                    n = pf.metadata.row_group(group).num_rows
+                    for _ in range(n):
+                        yield SourceImage(f"{spec.name}/{index}", f"{spec.uri}::{index}", index, b"", error=bomb)
+                        index += 1
+                    continue
+                # one batch at a time: memory stays at a batch of a row group, not the file
+                for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
+                    images = _image_values(batch.column(cfg.image_column))
+                    ids = batch.column(cfg.id_column).to_pylist() if cfg.id_column else [None] * len(images)
+                    for value, (data, ref) in zip(ids, images):
+                        image_id = str(value) if value is not None else f"{spec.name}/{index}"
+                        source = f"{spec.uri}::{index}"
+                        if data is None:
+                            why = f"no image bytes in row (path {ref!r} only)" if ref else "image value is null"
+                            yield SourceImage(image_id, source, index, b"", error=why)
+                        elif len(data) > cfg.max_file_bytes:
+                            why = f"image value is {len(data)} bytes, over input.max_file_bytes={cfg.max_file_bytes}"
+                            yield SourceImage(image_id, source, index, b"", error=why)
+                        else:
+                            yield SourceImage(image_id, source, index, data)
+                        index += 1
+    except TransientReadError:
+        raise
     except Exception as exc:
         problem = f"cannot read Parquet file: {_describe(exc)}"
     yield from _missing_rows(spec, index, f"{problem} (read {index} of {spec.num_images} planned rows)")
+
+
+def _row_group_bomb(meta: pq.FileMetaData, group: int, cfg: InputSpec) -> str | None:
+    """Why a row group's image column must not be decompressed (None: it may). Encoded images barely
+    compress, so a column that expands far beyond its stored size is a compression bomb."""
+    rg = meta.row_group(group)
+    stored = expanded = 0
+    for c in range(rg.num_columns):
+        col = rg.column(c)
+        if col.path_in_schema.split(".")[0] == cfg.image_column:
+            stored += col.total_compressed_size
+            expanded += col.total_uncompressed_size
+    budget = max(cfg.max_file_bytes, int(cfg.max_compression_ratio * stored))
+    if expanded > budget:
+        return (f"Parquet row group {group} expands its image column from {stored} to {expanded} bytes, beyond "
+                f"{budget} (input.max_compression_ratio): a compression bomb; not read")
+    return None
 
 
 def _image_values(column: pa.Array) -> list[tuple[bytes | None, str | None]]:
@@ -462,5 +544,7 @@ def _is_binary(kind: pa.DataType) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ContentError):
+        return exc.reason
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

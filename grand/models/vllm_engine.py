@@ -20,7 +20,10 @@ Options every vLLM adapter knows (`spec.options`), defaults suited to CPU machin
                             threads unpinned and runs `threads` of them (OMP_NUM_THREADS), so that
                             several actors on a node do not all pin core 0 as vLLM's "auto" does;
                             or "auto" / a core list such as "0-3". The spec wins over the environment
-    engine_args             dict of further keyword arguments for `vllm.LLM` (default {})
+    engine_args             dict of further keyword arguments for `vllm.LLM` (default {}); keys that run
+                            checkpoint code or carry credentials (trust_remote_code, hf_token, token,
+                            hf_overrides, *_api_key ...) are refused unless
+    allow_unsafe_engine_args  is true (default false)
 GPU memory accounting (docs/scale.md, "GPU memory"): check_gpu_share refuses impossible shares when
 the config is read, and check_gpu_budget, when the engine starts, a share that cannot hold the weights
 or that other actors on the GPU have taken. `dtype` comes from the spec on accelerators; on CPU the engine runs float32, as the transformers
@@ -46,6 +49,7 @@ ENGINE_OPTIONS: dict = {
     "tensor_parallel_size": 1,
     "cpu_threads_bind": "nobind",
     "engine_args": {},
+    "allow_unsafe_engine_args": False,
 }
 
 # one engine per (checkpoint, engine settings) in a process: adapters that differ only in their
@@ -182,6 +186,28 @@ def _check_cuda_budget(spec: ModelSpec, model: str, utilization: float | None, d
     check_gpu_budget(spec, utilization, total, free, checkpoint_bytes(model))
 
 
+# engine_args that run code from the checkpoint's repository or carry credentials: refused unless the
+# config says so with `allow_unsafe_engine_args: true` (a config is often copied from elsewhere)
+_UNSAFE_ENGINE_ARGS = frozenset({"trust_remote_code", "hf_token", "token", "hf_overrides"})
+
+
+def checked_engine_args(spec: ModelSpec, opts: dict) -> dict:
+    """`engine_args` of the options, refusing what needs `allow_unsafe_engine_args: true`."""
+    from grand.redact import is_secret_key
+
+    args = dict(opts.get("engine_args") or {})
+    if opts.get("allow_unsafe_engine_args") is True:
+        return args
+    unsafe = sorted(k for k, v in args.items() if (k in _UNSAFE_ENGINE_ARGS or is_secret_key(k)) and v not in (None, False, ""))
+    if unsafe:
+        raise ValueError(
+            f"model '{spec.name}': options.engine_args sets {', '.join(unsafe)}, which runs code from the "
+            "checkpoint or carries a credential; remove it (give tokens through the environment, e.g. HF_TOKEN), "
+            "or set options.allow_unsafe_engine_args: true if you mean it"
+        )
+    return args
+
+
 def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
     """The `vllm.LLM` for `model` with the engine options `opts`, started once per process and
     settings (`extra_kwargs` are further `vllm.LLM` arguments of the adapter, e.g. limit_mm_per_prompt)."""
@@ -209,7 +235,7 @@ def shared_engine(spec: ModelSpec, model: str, opts: dict, **extra_kwargs):
         # prefill is split over steps while requests carry their own seed, which ours always do:
         # long prompts in a full batch did it. Whole prefills avoid the split.
         kwargs["enable_chunked_prefill"] = False
-    kwargs.update(dict(opts["engine_args"] or {}))
+    kwargs.update(checked_engine_args(spec, opts))
     env: dict[str, str] = {}
     if device == "cpu":
         # the engine's processes read these when they start

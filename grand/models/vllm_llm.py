@@ -42,7 +42,7 @@ from pathlib import Path
 from grand.config import LLMSpec
 from grand.models.chat import ChatFormatter, TokenizedChat
 from grand.models.loading import adapter_options, resolve_checkpoint, unavailable
-from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, close_engine, sampling_params, shared_engine
+from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, checked_engine_args, close_engine, sampling_params, shared_engine
 
 DEFAULT_OPTIONS: dict = {**ENGINE_OPTIONS, "max_model_len": 4096, "empty_retries": 2}
 
@@ -55,6 +55,7 @@ class VllmTextLLM(TokenizedChat):
         self.spec = spec
         self.empty_retries = int(opts.pop("empty_retries"))
         check_beams(spec, spec.generation)
+        checked_engine_args(spec, opts)  # before any engine starts
         from transformers import AutoTokenizer
 
         # the tokenizer (seconds) before the engine (tens of seconds): a bad checkpoint or template fails first

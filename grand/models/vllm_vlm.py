@@ -45,7 +45,7 @@ from PIL import Image
 
 from grand.config import AttributeSpec, CaptionerSpec
 from grand.models.loading import adapter_options, checked_config, default_cache_dir
-from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, close_engine, sampling_params, shared_engine
+from grand.models.vllm_engine import ENGINE_OPTIONS, check_beams, checked_engine_args, close_engine, sampling_params, shared_engine
 
 SUPPORTED_TYPES = {"llava": "LLaVA-1.5, e.g. llava-hf/llava-1.5-7b-hf"}
 
@@ -66,6 +66,7 @@ class VllmVisionLanguageModel:
         opts = adapter_options(spec, DEFAULT_OPTIONS)
         self.spec = spec
         check_beams(spec, spec.generation)
+        checked_engine_args(spec, opts)  # before any engine starts
         from transformers import AutoProcessor
 
         checkpoint, config = checked_config(

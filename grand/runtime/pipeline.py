@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grand.config import ConfigError, LLMSpec, ModelSpec, PipelineConfig
+from grand.io.errors import find_transient
+from grand.redact import redact_config
 from grand.io.manifest import Manifest, PlanMismatchError, load_plan, save_plan
 from grand.io.output import OutputDir
 from grand.io.sink import ShardSink, error_reason, shard_counts
@@ -507,7 +509,15 @@ def plan_passes(levels: tuple[int, ...], shards, committed: dict[int, set[str]],
 
 
 def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
-    """Run `opts.levels` over every shard of the input not yet committed at those levels."""
+    """Run `opts.levels` over every shard of the input not yet committed at those levels, holding the
+    output folder's lock (grand.io.lock: a second run into it is refused at once)."""
+    from grand.io.lock import OutputLock
+
+    with OutputLock(OutputDir(opts.output)):
+        return _run_pipeline(cfg, opts)
+
+
+def _run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     start = time.monotonic()
     levels = parse_levels(opts.levels)
     for lv in levels:
@@ -552,7 +562,7 @@ def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
 
     run = manifest.start_run({
         "command": "run", "levels": list(levels), "input": load_plan(out)[0],
-        "config": json.loads(cfg.model_dump_json()), "models": {f"level{lv}": provenance(cfg, lv) for lv in all_levels},
+        "config": redact_config(json.loads(cfg.model_dump_json())), "models": {f"level{lv}": provenance(cfg, lv) for lv in all_levels},
         "versions": package_versions(), "passes": [{"levels": list(p.levels), "shards": [s.name for s in p.shards]} for p in passes],
     })
     manifest.save()
@@ -633,10 +643,17 @@ def _run_pass(cfg, out, manifest, p: _Pass, opts, resolved, summary, reasons, st
             raise RunError(f"the pipeline ended with incomplete shards (rows received): {missing}")
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"
+        # A shard whose input could not be read (grand.io.errors) is failed with that reason; the
+        # others in flight were stopped by it. Nothing uncommitted is written: the next run retries.
+        transient = find_transient(err)
         for lv in p.levels:
             for s in p.shards:
                 if s.name not in sinks[lv].committed:
-                    manifest.record_failure(lv, s.name, reason[:2000])
+                    why = f"TransientReadError: {transient.reason}" if transient and transient.shard == s.name else (
+                        f"stopped: shard {transient.shard} could not be read" if transient else reason)
+                    manifest.record_failure(lv, s.name, why[:2000])
+        if transient:
+            raise RunError(f"shard {transient.shard}: {transient.reason}") from err
         raise
     finally:
         summary.shards_committed += sinks[last].committed
