@@ -39,7 +39,10 @@ class ModelSpec(_Strict):
     """One model: which adapter, which weights, how to run it."""
 
     name: str = Field(description="unique name used in outputs and provenance, e.g. grounding_dino")
-    backend: Literal["transformers", "onnx-yolox", "vllm"] = "transformers"
+    # segment-anything(-hq), groundingdino, detectron2: the authors' original packages (docs/models.md)
+    backend: Literal[
+        "transformers", "onnx-yolox", "vllm", "segment-anything", "segment-anything-hq", "groundingdino", "detectron2"
+    ] = "transformers"
     checkpoint: str = Field(
         description="Hugging Face id, local directory/file, or tiny:<arch> for a random-weight test model"
     )

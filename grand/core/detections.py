@@ -23,6 +23,9 @@ class Detections:
     labels: np.ndarray
     model: str = ""
     attributes: np.ndarray | None = field(default=None)  # optional (N,) str, e.g. GRiT descriptions
+    # optional (N,) instance masks the detector predicted (COCO RLE dicts, grand.core.rle), e.g. a
+    # detectron2 Mask R-CNN / EVA-02's: offered to the segmentation step before the segmenter runs
+    masks: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -30,11 +33,17 @@ class Detections:
         self.labels = np.asarray(list(self.labels), dtype=object).reshape(-1)
         if self.attributes is not None:
             self.attributes = np.asarray(list(self.attributes), dtype=object).reshape(-1)
+        if self.masks is not None:
+            masks = np.empty(len(self.masks), dtype=object)
+            masks[:] = list(self.masks)  # element-wise: dicts must not become a 2-D array
+            self.masks = masks
         n = len(self.xyxy)
         if len(self.scores) != n or len(self.labels) != n:
             raise ValueError(
                 f"Detections arrays disagree: {n} boxes, {len(self.scores)} scores, {len(self.labels)} labels"
             )
+        if self.masks is not None and len(self.masks) != n:
+            raise ValueError(f"Detections arrays disagree: {n} boxes, {len(self.masks)} masks")
 
     @classmethod
     def empty(cls, model: str = "") -> "Detections":
@@ -49,7 +58,8 @@ class Detections:
         if index.dtype != bool:
             index = index.astype(np.int64).reshape(-1)
         attrs = None if self.attributes is None else self.attributes[index]
-        return Detections(self.xyxy[index], self.scores[index], self.labels[index], self.model, attrs)
+        masks = None if self.masks is None else self.masks[index]
+        return Detections(self.xyxy[index], self.scores[index], self.labels[index], self.model, attrs, masks)
 
     # -- transport between pipeline stages (plain JSON-able dicts) -------------------------------
     def to_dict(self) -> dict:
@@ -61,6 +71,8 @@ class Detections:
         }
         if self.attributes is not None:
             out["attributes"] = [str(x) for x in self.attributes]
+        if self.masks is not None:
+            out["masks"] = list(self.masks)
         return out
 
     @classmethod
@@ -71,4 +83,5 @@ class Detections:
             d["labels"],
             d.get("model", ""),
             d.get("attributes"),
+            d.get("masks"),
         )
