@@ -91,6 +91,10 @@ class VotingSpec(_Strict):
 class SegmenterSpec(ModelSpec):
     segment_floating: bool = Field(True, description="also mask floating objects")
     gt_match_iou: float = Field(0.65, gt=0, le=1, description="IoU to reuse an SA-1B ground-truth mask")
+    detector_masks: bool = Field(
+        True, description="use the mask a detector of the object's group predicted (detectron2 Mask R-CNN / "
+                          "EVA-02) before prompting the segmenter (the reference: SA-1B mask, EVA mask, HQ-SAM)"
+    )
 
 
 class DepthSpec(ModelSpec):

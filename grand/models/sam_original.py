@@ -139,7 +139,14 @@ class OriginalSamSegmenter:
             state = load_weights(weights, spec, bool(opts["trust_checkpoint"]))
             # (HQ-SAM's own builder loads non-strictly and only prints what did not fit: a half-loaded
             # model gives plausible-looking garbage, so here any missing or extra key is an error)
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as err:  # tensors of other shapes: another architecture's weights
+                lines = [line.strip() for line in str(err).splitlines()[1:]]
+                raise ValueError(
+                    f"checkpoint does not fit the model ({len(lines)} tensors of other shapes, e.g. {lines[0]}); "
+                    "check option model_type"
+                ) from None
             if missing or unexpected:
                 raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user

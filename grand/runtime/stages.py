@@ -280,6 +280,12 @@ class SegmentStep(ModelStep):
                 for o, m in zip(targets, match):
                     if m >= 0:
                         o["segmentation"], o["segmentation_source"] = gt[m]["segmentation"], "sa1b_gt"
+            if self.spec.detector_masks and targets:  # masks detectors predicted (detectron2), before SAM
+                from grand.core.detections import assign_detector_masks
+
+                per_model = {c[len(DETECTION_PREFIX):]: Detections.from_dict(json.loads(batch[c][i]))
+                             for c in batch if c.startswith(DETECTION_PREFIX)}
+                assign_detector_masks(targets, per_model, self.spec.gt_match_iou)
             rest = [o for o in targets if not o.get("segmentation")]
             if rest:  # an image with nothing to mask never costs an image embedding
                 todo_rows.append(i)
