@@ -42,6 +42,24 @@ class Segmenter(Protocol):
         ...
 
 
+class PerImageBoxSegmenter:
+    """Shared `segment()` of box-prompted segmenters that embed each image once: checks the inputs,
+    answers images without boxes with no masks (no embedding computed), and hands each RGB image with
+    its (N, 4) float32 boxes to `_segment_one`, which returns (N, H, W) bool masks."""
+
+    def segment(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        if len(images) != len(boxes):
+            raise ValueError(f"segment() got {len(images)} images but {len(boxes)} box arrays")
+        out = []
+        for image, b in zip(images, boxes):
+            image, b = image.convert("RGB"), np.asarray(b, np.float32).reshape(-1, 4)
+            out.append(np.zeros((0, image.height, image.width), dtype=bool) if len(b) == 0 else self._segment_one(image, b))
+        return out
+
+    def _segment_one(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 @runtime_checkable
 class DepthEstimator(Protocol):
     """Relative inverse depth (larger = nearer, as MiDaS / Depth Anything), float32 (H, W) at image size."""

@@ -18,10 +18,11 @@ import numpy as np
 from PIL import Image
 
 from grand.config import SegmenterSpec
+from grand.models.base import PerImageBoxSegmenter
 from grand.models.loading import adapter_options, load_pretrained, resolve_checkpoint, unavailable
 
 
-class HFSamSegmenter:
+class HFSamSegmenter(PerImageBoxSegmenter):
     """Segmenter: one boolean (H, W) mask per prompt box, at the image's own resolution."""
 
     def __init__(self, spec: SegmenterSpec, base_dir: Path | None = None) -> None:
@@ -46,17 +47,7 @@ class HFSamSegmenter:
         )
         self._torch = torch
 
-    def segment(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        if len(images) != len(boxes):
-            raise ValueError(f"segment() got {len(images)} images but {len(boxes)} box arrays")
-        return [
-            self._segment_one(image.convert("RGB"), np.asarray(b, np.float32).reshape(-1, 4))
-            for image, b in zip(images, boxes)
-        ]
-
     def _segment_one(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
-        if len(boxes) == 0:
-            return np.zeros((0, image.height, image.width), dtype=bool)
         torch = self._torch
         inputs = self.processor(images=image, return_tensors="pt")
         original_size = inputs["original_sizes"][0].tolist()  # (H, W)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from grand.config import SegmenterSpec
+from grand.models.base import PerImageBoxSegmenter
 from grand.models.loading import adapter_options, resolve_checkpoint, set_threads, torch_device, unavailable
 from grand.models.original_packages import find_file, load_weights, require
 
@@ -104,7 +105,7 @@ def _model_type(weights: Path, option: str | None, backend: str) -> str:
     return f"vit_{found.group(1)}"
 
 
-class OriginalSamSegmenter:
+class OriginalSamSegmenter(PerImageBoxSegmenter):
     """Segmenter: one boolean (H, W) mask per prompt box, at the image's own resolution."""
 
     def __init__(self, spec: SegmenterSpec, base_dir: Path | None = None) -> None:
@@ -156,17 +157,7 @@ class OriginalSamSegmenter:
         self.predictor = package.SamPredictor(self.model)
         self._torch = torch
 
-    def segment(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        if len(images) != len(boxes):
-            raise ValueError(f"segment() got {len(images)} images but {len(boxes)} box arrays")
-        return [
-            self._segment_one(image.convert("RGB"), np.asarray(b, np.float32).reshape(-1, 4))
-            for image, b in zip(images, boxes)
-        ]
-
     def _segment_one(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
-        if len(boxes) == 0:
-            return np.zeros((0, image.height, image.width), dtype=bool)
         torch = self._torch
         pixels = np.asarray(image)  # HWC uint8 RGB, the predictor's default image_format
         chunks = []
