@@ -42,6 +42,10 @@ class HFSamSegmenter(PerImageBoxSegmenter):
         except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
             raise unavailable(spec, err) from err
         self.is_hq = config.model_type == "sam_hq"
+        if self.is_hq:  # transformers' HQ decoder drops the transformer's image embeddings (see the module)
+            from grand.compat.transformers_sam_hq import patch
+
+            patch()
         self.model, self.processor, self.device, self.dtype = load_pretrained(
             spec, base_dir, SamHQModel if self.is_hq else SamModel, AutoProcessor
         )
