@@ -313,9 +313,11 @@ def test_detections_masks_must_match_the_boxes():
 
 
 def test_models_list_shows_which_backends_are_installed(capsys):
-    from grand.cli.main import main
+    # the command itself, not main(): main() would import grand.runtime.pipeline under capsys, and its
+    # Progress binds sys.stderr at import (a closed stream for the in-process run of the test below)
+    from grand.cli.main import cmd_models_list
 
-    assert main(["models", "list"]) == 0
+    assert cmd_models_list(None) == 0
     out = capsys.readouterr().out
     for backend, module in [("segment-anything", "segment_anything"), ("groundingdino", "groundingdino"),
                             ("detectron2", "detectron2")]:
