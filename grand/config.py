@@ -39,7 +39,10 @@ class ModelSpec(_Strict):
     """One model: which adapter, which weights, how to run it."""
 
     name: str = Field(description="unique name used in outputs and provenance, e.g. grounding_dino")
-    backend: Literal["transformers", "onnx-yolox", "vllm"] = "transformers"
+    # segment-anything(-hq), groundingdino, detectron2: the authors' original packages (docs/models.md)
+    backend: Literal[
+        "transformers", "onnx-yolox", "vllm", "segment-anything", "segment-anything-hq", "groundingdino", "detectron2"
+    ] = "transformers"
     checkpoint: str = Field(
         description="Hugging Face id, local directory/file, or tiny:<arch> for a random-weight test model"
     )
@@ -97,6 +100,10 @@ class VotingSpec(_Strict):
 class SegmenterSpec(ModelSpec):
     segment_floating: bool = Field(True, description="also mask floating objects")
     gt_match_iou: float = Field(0.65, gt=0, le=1, description="IoU to reuse an SA-1B ground-truth mask")
+    detector_masks: bool = Field(
+        True, description="use the mask a detector of the object's group predicted (detectron2 Mask R-CNN / "
+                          "EVA-02) before prompting the segmenter (the reference: SA-1B mask, EVA mask, HQ-SAM)"
+    )
 
 
 class DepthSpec(ModelSpec):
@@ -142,6 +149,22 @@ class LabelChoiceSpec(ModelSpec):
         return v
 
 
+class Sa1bGtSpec(LabelChoiceSpec):
+    """OV-SAM's role in the reference (SA-1B inputs only, off unless configured): SA-1B ground-truth
+    boxes that no detector found are classified by CLIP / SigLIP over the vocabulary and vote as a
+    detector named `name` (grand.core.sa1b_votes)."""
+
+    name: str = "sa1b_gt"
+    vocabulary: str = Field("vocab/concepts.txt", description="class names, one per line (the reference: LVIS names)")
+    min_area_fraction: float = Field(0.01, ge=0, le=1, description="ground-truth masks larger than this fraction of the image (reference: 1%)")
+    match_iou: float = Field(0.65, gt=0, le=1, description="a ground-truth box a detector box overlaps this much was already found")
+    found_min_score: float = Field(0.1, ge=0, le=1, description="detector boxes below this score do not count as found (the vote's step A drops them)")
+    score_threshold: float = Field(0.3, ge=0, le=1, description="merge step B: keep classified boxes scoring >= this (reference OV-SAM: 0.3)")
+    priority: int = Field(3, ge=0, description="its position among level1.detectors in the vote (reference: EVA-1, Co-DETR, EVA-2, OV-SAM, ...)")
+    max_boxes: int = Field(64, ge=1, description="per image, largest ground-truth masks first")
+    context_margin: float = Field(0.0, ge=0, le=1, description="crop grows by this fraction of the box on each side")
+
+
 class Level1Spec(_Strict):
     taggers: list[TaggerSpec] = Field(default_factory=list)
     detectors: list[DetectorSpec] = Field(min_length=1, description="in priority order (first wins a group)")
@@ -150,6 +173,7 @@ class Level1Spec(_Strict):
     depth: DepthSpec | None = None
     attributes: AttributeSpec | None = None
     label_choice: LabelChoiceSpec | None = None
+    sa1b_gt: Sa1bGtSpec | None = Field(None, description="SA-1B ground-truth boxes voting as a detector (off by default)")
 
     @model_validator(mode="after")
     def _check(self) -> "Level1Spec":
@@ -159,7 +183,7 @@ class Level1Spec(_Strict):
 
     def models(self) -> list[ModelSpec]:
         out: list[ModelSpec] = [*self.taggers, *self.detectors]
-        out += [m for m in (self.segmenter, self.depth, self.attributes, self.label_choice) if m is not None]
+        out += [m for m in (self.segmenter, self.depth, self.attributes, self.label_choice, self.sa1b_gt) if m is not None]
         return out
 
 

@@ -628,7 +628,13 @@ def cmd_viz(args) -> int:
 def cmd_make_tiny(args) -> int:
     from grand.models.tiny import TINY_ARCHS, build_tiny
 
+    from grand.models.original_packages import is_installed
+    from grand.models.tiny import TINY_BACKENDS
+
     for arch in args.arch or sorted(TINY_ARCHS):
+        if not args.arch and arch in TINY_BACKENDS and not is_installed(TINY_BACKENDS[arch]):
+            print(f"{arch:16s} skipped: backend '{TINY_BACKENDS[arch]}' is not installed (docs/install.md)")
+            continue
         path = build_tiny(arch, Path(args.dir) / arch)
         print(f"{arch:16s} -> {path}")
     return 0
@@ -651,6 +657,12 @@ def cmd_models_list(args) -> int:
     print("  llm             vllm          Vicuna / Llama chat models on vLLM's engine (levels 3-4)")
     print("  llm             http          any OpenAI-compatible server, e.g. `vllm serve` (levels 3-4)")
     print("  llm             transformers  causal LMs with `generate` (levels 3-4, small models)")
+    from grand.models.original_packages import ORIGINAL_PACKAGES, is_installed
+
+    print("original-package backends (the authors' own code; docs/install.md):")
+    for backend, package in ORIGINAL_PACKAGES.items():
+        state = "installed" if is_installed(backend) else f"not installed ({package.install})"
+        print(f"  {backend:21s} {package.roles}: {state}")
     print("tiny architectures (checkpoint: tiny:<arch>):")
     for arch in sorted(TINY_ARCHS):
         print(f"  {arch}")

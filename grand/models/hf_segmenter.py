@@ -18,24 +18,11 @@ import numpy as np
 from PIL import Image
 
 from grand.config import SegmenterSpec
+from grand.models.base import PerImageBoxSegmenter, gather_masks
 from grand.models.loading import adapter_options, load_pretrained, resolve_checkpoint, unavailable
 
 
-def gather_masks(chunks: list, height: int, width: int) -> np.ndarray:
-    """(N, H, W) bool numpy masks from the decoder's per-chunk (n, H, W) bool tensors (on any device),
-    each copied once, straight into one host array: at SA-1B size (75 masks of 1500 x 2250, 250 MB)
-    a concatenation's extra copy costs as much as encoding the RLEs (grand.core.rle.encode_masks)."""
-    import torch
-
-    out = np.empty((sum(int(c.shape[0]) for c in chunks), height, width), dtype=bool)
-    start = 0
-    for chunk in chunks:
-        torch.from_numpy(out[start : start + chunk.shape[0]]).copy_(chunk.to(torch.bool))
-        start += chunk.shape[0]
-    return out
-
-
-class HFSamSegmenter:
+class HFSamSegmenter(PerImageBoxSegmenter):
     """Segmenter: one boolean (H, W) mask per prompt box, at the image's own resolution."""
 
     def __init__(self, spec: SegmenterSpec, base_dir: Path | None = None) -> None:
@@ -55,22 +42,16 @@ class HFSamSegmenter:
         except Exception as err:  # noqa: BLE001 - every load failure reads the same to the user
             raise unavailable(spec, err) from err
         self.is_hq = config.model_type == "sam_hq"
+        if self.is_hq:  # transformers' HQ decoder drops the transformer's image embeddings (see the module)
+            from grand.compat.transformers_sam_hq import patch
+
+            patch()
         self.model, self.processor, self.device, self.dtype = load_pretrained(
             spec, base_dir, SamHQModel if self.is_hq else SamModel, AutoProcessor
         )
         self._torch = torch
 
-    def segment(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        if len(images) != len(boxes):
-            raise ValueError(f"segment() got {len(images)} images but {len(boxes)} box arrays")
-        return [
-            self._segment_one(image.convert("RGB"), np.asarray(b, np.float32).reshape(-1, 4))
-            for image, b in zip(images, boxes)
-        ]
-
     def _segment_one(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
-        if len(boxes) == 0:
-            return np.zeros((0, image.height, image.width), dtype=bool)
         torch = self._torch
         inputs = self.processor(images=image, return_tensors="pt")
         original_size = inputs["original_sizes"][0].tolist()  # (H, W)

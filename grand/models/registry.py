@@ -18,6 +18,33 @@ from grand.config import (
 )
 
 
+# backend -> {spec type: "module:class"}: the authors' original packages (grand.models.original_packages)
+ORIGINAL_BACKENDS: dict[str, dict[type, str]] = {
+    "segment-anything": {SegmenterSpec: "grand.models.sam_original:OriginalSamSegmenter"},
+    "segment-anything-hq": {SegmenterSpec: "grand.models.sam_original:OriginalSamSegmenter"},
+    "groundingdino": {
+        DetectorSpec: "grand.models.gdino_original:OriginalGroundingDinoDetector",
+        PhraseGroundingSpec: "grand.models.gdino_original:OriginalGroundingDinoGrounder",
+    },
+    "detectron2": {DetectorSpec: "grand.models.d2_detector:Detectron2Detector"},
+}
+
+
+def _build_original(spec: ModelSpec, base_dir: Path | None):
+    import importlib
+
+    roles = ORIGINAL_BACKENDS[spec.backend]
+    target = roles.get(type(spec))
+    if target is None:
+        kinds = ", ".join(t.__name__ for t in roles)
+        raise ValueError(f"model '{spec.name}': backend '{spec.backend}' runs only {kinds}, not a {type(spec).__name__}")
+    if isinstance(spec, DetectorSpec) and (spec.queries == "tags") != (spec.backend == "groundingdino"):
+        hint = "queries: tags" if spec.backend == "groundingdino" else "queries: none (closed-set)"
+        raise ValueError(f"model '{spec.name}': backend '{spec.backend}' detectors need {hint}")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(spec, base_dir)
+
+
 def build_model(spec: ModelSpec, base_dir: Path | None = None):
     """Return a loaded adapter (grand.models.base protocols) for `spec`.
 
@@ -28,6 +55,8 @@ def build_model(spec: ModelSpec, base_dir: Path | None = None):
     backend `vllm` -> vLLM's offline engine, `http` -> an OpenAI-compatible server, `transformers`
     -> transformers `generate`.
     """
+    if spec.backend in ORIGINAL_BACKENDS:
+        return _build_original(spec, base_dir)
     if isinstance(spec, LLMSpec):
         if spec.backend == "vllm":
             from grand.models.vllm_llm import VllmTextLLM

@@ -139,7 +139,9 @@ def step_plan(cfg: PipelineConfig) -> list[tuple[str, ModelSpec | None]]:
     final-label choice, attributes."""
     l1 = cfg.level1
     plan: list[tuple[str, ModelSpec | None]] = [("tagger", t) for t in l1.taggers]
-    plan += [("detector", d) for d in l1.detectors] + [("vote", None)]
+    plan += [("detector", d) for d in l1.detectors]
+    plan += [("sa1b_gt", l1.sa1b_gt)] if l1.sa1b_gt else []  # votes with the detectors (SA-1B inputs)
+    plan += [("vote", None)]
     plan += [("segmenter", l1.segmenter)] if l1.segmenter else []
     plan += [("depth", l1.depth)] if l1.depth else []
     plan += [("label_choice", l1.label_choice)] if l1.label_choice else []
@@ -310,7 +312,10 @@ def build_dataset(cfg: PipelineConfig, shards, fault_rate: float = 0.0, resolved
     if 1 in levels:
         for role, spec in step_plan(cfg):
             if role == "vote":
-                ds = cpu_step(ds, stages.vote, detectors=cfg.level1.detectors, voting=cfg.level1.voting)
+                from grand.core.sa1b_votes import voting_detectors
+
+                voters = voting_detectors(cfg.level1.detectors, cfg.level1.sa1b_gt)
+                ds = cpu_step(ds, stages.vote, detectors=voters, voting=cfg.level1.voting)
             else:
                 ds = model_step(ds, role, spec)
         ds = cpu_step(ds, assemble_level1, provenance_rows=provenance(cfg, 1))

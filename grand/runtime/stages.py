@@ -31,6 +31,7 @@ from grand.config import (
     InputSpec,
     LabelChoiceSpec,
     ModelSpec,
+    Sa1bGtSpec,
     SegmenterSpec,
     TaggerSpec,
     VotingSpec,
@@ -280,6 +281,12 @@ class SegmentStep(ModelStep):
                 for o, m in zip(targets, match):
                     if m >= 0:
                         o["segmentation"], o["segmentation_source"] = gt[m]["segmentation"], "sa1b_gt"
+            if self.spec.detector_masks and targets:  # masks detectors predicted (detectron2), before SAM
+                from grand.core.detections import assign_detector_masks
+
+                per_model = {c[len(DETECTION_PREFIX):]: Detections.from_dict(json.loads(batch[c][i]))
+                             for c in batch if c.startswith(DETECTION_PREFIX)}
+                assign_detector_masks(targets, per_model, self.spec.gt_match_iou)
             rest = [o for o in targets if not o.get("segmentation")]
             if rest:  # an image with nothing to mask never costs an image embedding
                 todo_rows.append(i)
@@ -379,7 +386,42 @@ class AttributeStep(ModelStep):
         store_regions(batch, parsed)
 
 
+class Sa1bGtStep(ModelStep):
+    """SA-1B inputs: ground-truth boxes no detector found, classified over the vocabulary, as the
+    detection column of model `sa1b_gt` (OV-SAM's role; grand.core.sa1b_votes)."""
+
+    role = "sa1b_gt"
+    spec: Sa1bGtSpec
+
+    def __init__(self, spec, base_dir=None, fault_rate=0.0):
+        from grand.models.hf_tagger import read_vocabulary
+
+        super().__init__(spec, base_dir, fault_rate)
+        self.vocabulary = read_vocabulary(spec, Path(base_dir) if base_dir else None)
+
+    def init_outputs(self, batch, n):
+        batch[detection_column(self.spec.name)] = [json.dumps(Detections.empty(self.spec.name).to_dict())] * n
+
+    def run(self, batch, rows, images):
+        from grand.core.attributes import crop_box
+        from grand.core.sa1b_votes import classified_detections, unclaimed_gt_boxes
+        from grand.io.sa1b import parse_sa1b_sidecar
+
+        own = detection_column(self.spec.name)
+        for i in rows:
+            gt = parse_sa1b_sidecar(batch["sidecar"][i]) if batch["sidecar"][i] else []
+            if not gt:
+                continue
+            img = images[i]
+            found = [Detections.from_dict(json.loads(batch[c][i])) for c in batch if c.startswith(DETECTION_PREFIX) and c != own]
+            picked = unclaimed_gt_boxes(gt, img.width, img.height, found, self.spec)
+            boxes = np.array([gt[k]["bbox_xyxy"] for k in picked], np.float32).reshape(-1, 4)
+            crops = [img.crop(crop_box(b, img.width, img.height, self.spec.context_margin)) for b in boxes]
+            scores = self.model.score_labels(crops, [self.vocabulary] * len(crops)) if crops else []
+            batch[own][i] = json.dumps(classified_detections(boxes, scores, self.vocabulary, self.spec.name).to_dict())
+
+
 STEP_FOR_ROLE = {
     "tagger": TagStep, "detector": DetectStep, "segmenter": SegmentStep, "depth": DepthStep,
-    "label_choice": LabelChoiceStep, "attributes": AttributeStep,
+    "label_choice": LabelChoiceStep, "attributes": AttributeStep, "sa1b_gt": Sa1bGtStep,
 }

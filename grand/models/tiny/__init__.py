@@ -28,6 +28,19 @@ TINY_ARCHS: dict[str, str] = {
     "blip2": "grand.models.tiny.vlm_models:build_blip2",
     "llava": "grand.models.tiny.vlm_models:build_llava",
     "llama": "grand.models.tiny.llm_models:build_llama",
+    # the original packages' own models (backends segment-anything, segment-anything-hq, groundingdino,
+    # detectron2); built only where that package is installed (TINY_BACKENDS)
+    "sa-sam": "grand.models.tiny.original_models:build_sa_sam",
+    "sa-sam-hq": "grand.models.tiny.original_models:build_sa_sam_hq",
+    "sa-groundingdino": "grand.models.tiny.original_models:build_groundingdino",
+    "d2-mask-rcnn": "grand.models.tiny.original_models:build_detectron2",
+}
+# tiny architecture -> the backend whose package builds (and runs) it
+TINY_BACKENDS: dict[str, str] = {
+    "sa-sam": "segment-anything",
+    "sa-sam-hq": "segment-anything-hq",
+    "sa-groundingdino": "groundingdino",
+    "d2-mask-rcnn": "detectron2",
 }
 
 _DONE_MARKER = ".grand-tiny-complete"
@@ -40,6 +53,14 @@ def build_tiny(arch: str, out_dir: Path) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for kilobyte-sized models are noise
+    if arch in TINY_BACKENDS:
+        from grand.models.original_packages import ORIGINAL_PACKAGES, is_installed
+
+        if not is_installed(TINY_BACKENDS[arch]):
+            package = ORIGINAL_PACKAGES[TINY_BACKENDS[arch]]
+            raise ModuleNotFoundError(
+                f"tiny:{arch} is built by the '{package.module}' package, which is not installed: {package.install}"
+            )
     module, func = TINY_ARCHS[arch].split(":")
     builder = getattr(importlib.import_module(module), func)
     return build_atomically(Path(out_dir), builder, _DONE_MARKER)
