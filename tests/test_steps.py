@@ -168,3 +168,14 @@ def test_inject_crash_values_parse():
     assert batch_mod.parse_inject_crash(["segmenter:a:b.jpg"]) == (("segmenter", "a:b.jpg"),)
     with pytest.raises(ValueError, match="STEP:IMAGE_ID"):
         batch_mod.parse_inject_crash("segmenter")
+
+
+def test_inject_crash_into_a_step_the_run_does_not_have_is_refused_before_ray(tmp_path):
+    from grand.config import ConfigError
+    from grand.runtime.pipeline import RunOptions, run_pipeline
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (32, 24)).save(tmp_path / "in" / "a.png")
+    with pytest.raises(ConfigError, match=r"no step or role 'segmentor' in this run; use one of: .*segmenter"):
+        run_pipeline(load_config(TINY), RunOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                                   inject_crash="segmentor:a.png"))

@@ -25,7 +25,7 @@ from grand.io.sink import ShardSink, error_reason
 from grand.runtime.batch import StepRuntime, parse_inject_crash
 from grand.runtime.plan import ALL_LEVELS, Pass, parse_levels, plan_output, plan_passes
 from grand.runtime.report import package_versions, reconcile, save_run_report
-from grand.runtime.steps import build_dataset, check_cluster_resources, operators, provenance, resolve_checkpoints
+from grand.runtime.steps import build_dataset, check_cluster_resources, operators, plan, provenance, resolve_checkpoints
 
 log = logging.getLogger("grand.run")
 
@@ -215,6 +215,11 @@ def run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
 
     all_levels = tuple(sorted({lv for p in passes for lv in p.levels}))
     inject_crash = parse_inject_crash(opts.inject_crash)
+    known = {n for p in passes for s in plan(cfg, p.levels) for n in (s.name, s.role)}
+    for step, _ in inject_crash:
+        if step not in known:
+            raise ConfigError(f"--inject-crash {step}:...: no step or role {step!r} in this run; "
+                              f"use one of: {', '.join(sorted(known))}")
     # fails fast on missing weights, before Ray starts
     resolved = resolve_checkpoints(cfg, all_levels)
     init_ray(opts.address)
