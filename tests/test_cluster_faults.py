@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINYCOCO, needs_shared
+from conftest import TINYCOCO
 from grand.config import load_config
 from grand.runtime.pipeline import RunOptions, run_pipeline
 
@@ -75,17 +75,18 @@ def test_a_run_that_stops_leaves_a_failed_report(ray_session, tmp_path, monkeypa
     assert report["images"]["processed"] == 0 and report["shards"]["planned"] == 1 and report["cluster"]["CPU"] == 2.0
 
 
-@needs_shared
 def test_a_poison_image_becomes_one_error_row_and_the_run_completes(ray_session, tmp_path):
     """`--inject-crash segmenter:IMAGE`: the segmenter's process exits hard on that image, as on a
     segfault or a host OOM. Ray restarts the actor a bounded number of times; the batch is re-run
     image by image and that image alone becomes an error row saying it killed the worker."""
     folder = tmp_path / "in"
     folder.mkdir()
-    photos = sorted((TINYCOCO / "images").glob("*.jpg"))[:6]
+    photos = sorted((TINYCOCO / "images").glob("*.jpg"))[:6]  # tinycoco photos when ../shared is there
     for p in photos:
         shutil.copyfile(p, folder / p.name)
-    victim = photos[4].name
+    for k in range(len(photos), 6):
+        Image.effect_mandelbrot((200 + 16 * k, 150), (-2, -1.2, 1, 1.2), 40 + k).convert("RGB").save(folder / f"m{k}.png")
+    victim = sorted(p.name for p in folder.iterdir())[4]
     config = tmp_path / "poison.yaml"
     config.write_text(yaml.safe_dump({
         "name": "poison", "input": {"shard_size": 3},

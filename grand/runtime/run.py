@@ -23,6 +23,7 @@ from grand.io.manifest import Manifest, load_plan
 from grand.io.output import OutputDir
 from grand.io.sink import ShardSink, error_reason
 from grand.runtime.batch import StepRuntime, parse_inject_crash
+from grand.schema import SCHEMAS
 from grand.runtime.plan import ALL_LEVELS, Pass, parse_levels, plan_output, plan_passes
 from grand.runtime.report import package_versions, reconcile, save_run_report
 from grand.runtime.steps import build_dataset, check_cluster_resources, operators, plan, provenance, resolve_checkpoints
