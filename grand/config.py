@@ -356,6 +356,16 @@ class InputSpec(_Strict):
 
 class RuntimeSpec(_Strict):
     cpu_task_num_cpus: float = Field(0.25, gt=0, description="CPUs per CPU-only task (decode, vote, assemble)")
+    cpu_batch_size: int = Field(64, ge=1, description="rows per batch of the CPU steps (vote, assembly) and the spaCy actors")
+    decode_batch_size: int = Field(16, ge=1, description="rows per batch of the decode step (holds decoded images)")
+    colocate: bool = Field(
+        False, description="run the consecutive actor steps of a level inside one actor process, so that torch "
+        "and the models load once per process (laptops, CI, one GPU); false: one pool per step, sized by its resources",
+    )
+    step_attempts: int = Field(2, ge=1, description="whole-batch starts of a step before a batch whose worker died "
+                               "is re-run image by image (the image that kills it becomes an error row)")
+    max_actor_restarts: int = Field(16, ge=0, description="restarts of one actor (and retries of one task) after "
+                                    "its process died; Ray's default is unbounded")
 
 
 class PipelineConfig(_Strict):

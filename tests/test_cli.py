@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from grand.cli.main import main
 from grand.io.manifest import save_plan
@@ -63,7 +65,7 @@ def test_resource_check_names_the_step_and_resource():
     check_cluster_resources(gpu_cfg, {"CPU": 64.0, "GPU": 1.0}, both)  # levels 1-2 fill exactly one GPU
     with pytest.raises(ConfigError, match=r"need 1.05 GPUs in total"):
         check_cluster_resources(_with_pool(gpu_cfg, 2), {"CPU": 64.0, "GPU": 1.0}, both)
-    tiny = load_config(ROOT / "pipelines" / "tiny.yaml")
+    tiny = load_config(ROOT / "pipelines" / "tiny.yaml", {"runtime": {"colocate": False}})
     check_cluster_resources(tiny, {"CPU": 2.0}, both)  # all 12 actor pools fit a 2-CPU laptop
     with pytest.raises(ConfigError, match=r"need 1.5 CPUs .* has 1"):
         check_cluster_resources(tiny, {"CPU": 1.0}, both)
@@ -71,6 +73,11 @@ def test_resource_check_names_the_step_and_resource():
     check_cluster_resources(tiny, {"CPU": 2.0}, (1, 2, 3, 4))
     with pytest.raises(ConfigError, match=r"need 1.75 CPUs .* has 1.7"):
         check_cluster_resources(tiny, {"CPU": 1.7}, (1, 2, 3, 4))
+    # co-located: one actor per level (0.1 CPU for level 1, 0.15 with the spaCy actor for 2 and 3) + a task
+    colocated = load_config(ROOT / "pipelines" / "tiny.yaml", {"runtime": {"colocate": True}})
+    check_cluster_resources(colocated, {"CPU": 0.6}, (1, 2, 3, 4))
+    with pytest.raises(ConfigError, match=r"need 0.55 CPUs .* has 0.5"):
+        check_cluster_resources(colocated, {"CPU": 0.5}, (1, 2, 3, 4))
     # grand.yaml's levels 3-4 want a whole GPU for Vicuna
     with pytest.raises(ConfigError, match=r"llm 'vicuna' asks for num_gpus=1"):
         check_cluster_resources(gpu_cfg, {"CPU": 64.0, "GPU": 0.5}, (3, 4))
@@ -89,5 +96,6 @@ def test_models_make_tiny_writes_loadable_checkpoints(tmp_path, capsys):
     assert main(["models", "make-tiny", str(tmp_path), "--arch", "depth-anything", "--arch", "rt-detr"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth-anything", "rt-detr"]
     model = build_model(DepthSpec(name="d", checkpoint=str(tmp_path / "depth-anything")))  # loads offline
-    assert model is not None
+    (depth,) = model.estimate([Image.new("RGB", (40, 30), (90, 120, 30))])
+    assert depth.shape == (30, 40) and np.isfinite(depth).all()  # a map of the image's own size
     assert main(["models", "list"]) == 0 and "tiny:<arch>" in capsys.readouterr().out

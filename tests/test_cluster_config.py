@@ -19,7 +19,7 @@ from grand.config import ConfigError, parse_config
 from grand.io.manifest import Manifest, save_plan
 from grand.io.output import OutputDir
 from grand.io.sources import ShardSpec
-from grand.runtime.pipeline import RunSummary, check_cluster_resources, model_steps
+from grand.runtime.pipeline import RunSummary, check_cluster_resources, model_steps, plan
 from grand.runtime.report import latest_report, report_line, save_report
 
 DEPLOY = ROOT / "deploy"
@@ -149,7 +149,7 @@ def test_run_report_is_saved_beside_the_manifest_and_named_by_status(tmp_path, c
     summary = RunSummary(output=out.uri, shards_total=1, shards_skipped=0, shards_committed=["s0"], images=3, ok=2,
                          errors=1, error_reasons={"decode: not an image": 1}, seconds=6.0,
                          step_stats={"det": {"images": 2, "busy_s": 0.5}})
-    uri = save_report(out, manifest, run, summary, model_steps(cfg), {"CPU": 2.0, "GPU": 1.0, "node:10.0.0.1": 1.0})
+    uri = save_report(out, manifest, run, summary, model_steps(plan(cfg)), {"CPU": 2.0, "GPU": 1.0, "node:10.0.0.1": 1.0})
     manifest.save()
 
     found = latest_report(out.uri)

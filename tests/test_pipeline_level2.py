@@ -72,7 +72,9 @@ def test_level2_alone_reproduces_the_combined_run_without_touching_level1(combin
     _, both, _ = combined
     alone = _level1_only_copy(both, tmp_path / "alone")
     before = {p.name: p.read_bytes() for p in (alone / "level1").glob("*.parquet")}
-    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY})
+    # separate actor pools, one per step, where the combined run co-located each level's steps
+    # (tiny.yaml's runtime.colocate): the same rows
+    cfg = load_config(TINY, {"input": {"shard_size": 1}, "runtime": {"colocate": False}, **GREEDY})
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(alone), levels=(2,)))
     assert summary.images == 6 and len(summary.shards_committed) == 6
     assert {p.name: p.read_bytes() for p in (alone / "level1").glob("*.parquet")} == before
@@ -80,6 +82,14 @@ def test_level2_alone_reproduces_the_combined_run_without_touching_level1(combin
 
     again = run_pipeline(cfg, RunOptions(input=None, output=str(alone), levels=(1, 2)))
     assert again.images == 0  # everything committed at both levels: nothing redone
+
+
+def test_separate_pools_write_the_level1_rows_of_the_colocated_run(combined, tmp_path):
+    images, both, _ = combined
+    cfg = load_config(TINY, {"input": {"shard_size": 1}, "runtime": {"colocate": False}, **GREEDY})
+    summary = run_pipeline(cfg, RunOptions(input=str(images), output=str(tmp_path / "apart"), levels=(1,)))
+    assert summary.images == 6 and not summary.colocated
+    assert _rows(tmp_path / "apart", 1) == _rows(both, 1)
 
 
 def _strip(rows: list[dict]) -> list[dict]:

@@ -68,7 +68,8 @@ def test_levels_3_4_alone_over_level2_reproduce_the_combined_run(combined, tmp_p
     _, both, _ = combined
     out = copy_levels(both, tmp_path / "alone", (1, 2))
     before = {p.relative_to(out): p.read_bytes() for p in out.glob("level[12]/*.parquet")}
-    cfg = load_config(TINY, {"input": {"shard_size": 1}, **GREEDY, **FAST_LLM})
+    # separate pools (the combined run co-located the LLM and caption grounding): the same rows
+    cfg = load_config(TINY, {"input": {"shard_size": 1}, "runtime": {"colocate": False}, **GREEDY, **FAST_LLM})
     summary = run_pipeline(cfg, RunOptions(input=None, output=str(out), levels=(3, 4)))
     assert summary.images == 6 and len(summary.shards_committed) == 6
     assert {p.relative_to(out): p.read_bytes() for p in out.glob("level[12]/*.parquet")} == before

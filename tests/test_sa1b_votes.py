@@ -58,7 +58,8 @@ def test_the_step_adds_a_sa1b_gt_detection_column_only_for_sa1b_rows(tmp_path):
                           "annotations": [{"segmentation": g["segmentation"], "bbox": [10, 60, 80, 40]}
                                           for g in _gt([(10, 60, 90, 100)])]})
     batch = {
-        "image_id": ["sa_1", "photo"], "status": ["ok", "ok"], "error": [None, None],
+        "image_id": ["sa_1", "photo"], "shard": ["s0", "s0"], "index": [0, 1], "status": ["ok", "ok"],
+        "error": ["", ""], "step_seconds": ["{}", "{}"],
         "image": [buf.getvalue()] * 2, "sidecar": [sidecar, None],
         detection_column("det"): [json.dumps(Detections.empty("det").to_dict())] * 2,
     }
@@ -74,6 +75,9 @@ def test_sa1b_gt_is_off_by_default_and_configurable():
     assert parse_config(base).level1.sa1b_gt is None
     cfg = parse_config({"level1": {**base["level1"], "sa1b_gt": {"checkpoint": "tiny:clip"}}})
     assert cfg.level1.sa1b_gt.name == "sa1b_gt" and cfg.level1.sa1b_gt.min_area_fraction == 0.01
-    from grand.runtime.pipeline import step_plan
+    from grand.runtime.steps import plan
 
-    assert [r for r, _ in step_plan(cfg)] == ["detector", "sa1b_gt", "vote"]
+    roles = [s.role for s in plan(cfg, (1,))]
+    assert roles[roles.index("detector"):roles.index("vote") + 1] == ["detector", "sa1b_gt", "vote"]
+    vote = next(s for s in plan(cfg, (1,)) if s.role == "vote")
+    assert [d.name for d in vote.kwargs["detectors"]] == ["d", "sa1b_gt"]  # the ground truth votes too

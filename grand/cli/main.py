@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-resource-check", action="store_true",
                      help="skip the check that the actor pools fit the cluster (autoscaling clusters)")
     run.add_argument("--fault-rate", type=float, default=0.0, help=argparse.SUPPRESS)  # fault-injection tests
+    run.add_argument("--inject-crash", action="append", default=[], metavar="STEP:IMAGE_ID",
+                     help="testing aid: the process of step STEP (a model name or a role such as segmenter) exits "
+                          "hard whenever it meets image IMAGE_ID, as a poison image would; the run isolates the "
+                          "image and records it as one error row (repeatable)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="done / pending / failed shards and error counts of an output folder")
@@ -108,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--arch", action="append", help="only these architectures (repeatable)")
     tiny.set_defaults(func=cmd_make_tiny)
-    lst = msub.add_parser("list", help="list adapters, tiny architectures and packaged checkpoints")
+    lst = msub.add_parser("list", help="list adapters, tiny architectures and packaged checkpoints; with --config, the steps of that pipeline")
+    lst.add_argument("--config", default=None, help="pipeline YAML: print the steps `grand run` would run, in order")
+    lst.add_argument("--levels", default="1,2,3,4", help="with --config: the levels to plan (default 1,2,3,4)")
     lst.set_defaults(func=cmd_models_list)
 
     export = sub.add_parser("export", help="convert an output folder into other formats")
@@ -386,6 +392,7 @@ def cmd_run(args) -> int:
     summary = run_pipeline(cfg, RunOptions(
         input=args.input, output=args.output, levels=levels, force=args.force, address=args.address,
         max_shards=args.max_shards, check_resources=not args.no_resource_check, fault_rate=args.fault_rate,
+        inject_crash=args.inject_crash,
     ))
     print(summary.text())
     return 0
@@ -642,6 +649,16 @@ def cmd_make_tiny(args) -> int:
 
 def cmd_models_list(args) -> int:
     from grand.models.tiny import TINY_ARCHS
+
+    if getattr(args, "config", None):  # the pipeline's own step list (grand.runtime.steps.plan)
+        from grand.config import load_config
+        from grand.runtime.plan import parse_levels
+        from grand.runtime.steps import describe
+
+        cfg = load_config(args.config)
+        levels = tuple(lv for lv in parse_levels(args.levels) if lv == 1 or getattr(cfg, f"level{lv}") is not None)
+        print(describe(cfg, levels))
+        return 0
 
     print("adapters (config `backend` / role):")
     print("  tagger          transformers  CLIP / SigLIP zero-shot over a concept vocabulary")

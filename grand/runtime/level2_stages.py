@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 
 from grand.config import CaptionerSpec, InputSpec, PhraseGroundingSpec, PhraseSpec
+from grand.runtime import columns
+from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime
 from grand.runtime.stages import ModelStep, read_shard_rows
 
 CAPTION_PREFIX = "cap__"
@@ -56,19 +58,22 @@ class CaptionStep(ModelStep):
     role = "captioner"
     spec: CaptionerSpec
 
-    def __init__(self, spec: CaptionerSpec, base_dir: str | None = None, fault_rate: float = 0.0):
+    level = 2
+
+    def __init__(self, spec: CaptionerSpec, base_dir: str | None = None, runtime: StepRuntime | None = None,
+                 level: int | None = None):
         from grand.core.landmark import LandmarkQuestions
         from grand.prompts import load_prompt
 
-        super().__init__(spec, base_dir, fault_rate)
+        super().__init__(spec, base_dir, runtime, level)
         base = Path(base_dir) if base_dir else None
         self.prompt = load_prompt(spec.prompt_file, base) if spec.prompt_file else ""
         self.landmark = LandmarkQuestions(base) if spec.landmark else None
 
     def init_outputs(self, batch, n):
-        batch.setdefault(caption_column(self.spec.name), [""] * n)
+        columns.fill(batch, caption_column(self.spec.name))
         if self.landmark is not None:
-            batch.setdefault("landmark", ["null"] * n)
+            columns.fill(batch, "landmark")
 
     def run(self, batch, rows, images):
         imgs = [images[i] for i in rows]
@@ -95,28 +100,31 @@ class CaptionStep(ModelStep):
 
 
 # -- phrases ----------------------------------------------------------------------------------------
-class PhraseStep:
+class PhraseStep(BatchStep):
     """spaCy noun phrases of every short caption (an actor: the spaCy model loads once)."""
 
-    def __init__(self, phrases: PhraseSpec, captioners: list[str]):
+    name = role = "phrases"
+    level = 2
+    timed = True
+
+    def __init__(self, phrases: PhraseSpec, captioners: list[str], runtime: StepRuntime | None = None):
         from grand.core.phrases import PhraseExtractor
 
+        super().__init__(runtime)
         self.extractor = PhraseExtractor(phrases.spacy_model, phrases.method)
         self.captioners = captioners
 
-    def __call__(self, batch: dict) -> dict:
-        batch = {k: list(v) for k, v in batch.items()}
-        n = len(batch["image_id"])
-        out = ["{}"] * n
-        todo = [i for i in range(n) if batch["status"][i] == "ok"]
+    def init_outputs(self, batch, n):
+        columns.fill(batch, "phrases")
+
+    def run_rows(self, batch, rows):
+        found: dict[int, dict] = {i: {} for i in rows}
         for name in self.captioners:
-            texts = [str(batch[caption_column(name)][i]) for i in todo]
-            for i, phrases in zip(todo, self.extractor.extract_many(texts)):
-                found = json.loads(out[i])
-                found[name] = [dataclasses.asdict(p) for p in phrases]
-                out[i] = json.dumps(found)
-        batch["phrases"] = out
-        return batch
+            texts = [str(batch[caption_column(name)][i]) for i in rows]
+            for i, phrases in zip(rows, self.extractor.extract_many(texts)):
+                found[i][name] = [dataclasses.asdict(p) for p in phrases]
+        for i in rows:
+            batch["phrases"][i] = json.dumps(found[i])
 
 
 def unique_phrases(phrases_json: str) -> list[tuple[str, str]]:
@@ -133,10 +141,11 @@ class PhraseGroundStep(ModelStep):
     """Boxes for every phrase (one query each), linked to level-1 objects by the reference rules."""
 
     role = "phrase_grounder"
+    level = 2
     spec: PhraseGroundingSpec
 
     def init_outputs(self, batch, n):
-        batch.setdefault("grounding", ["null"] * n)
+        columns.fill(batch, "grounding")
 
     def run(self, batch, rows, images):
         from grand.core.grounding import PhraseBoxes, apply_phrase_grounding
@@ -160,33 +169,38 @@ class PhraseGroundStep(ModelStep):
             )
 
 
-def assemble_level2(batch: dict, captioners: list[str], provenance_rows: list[dict]) -> dict:
-    """One complete level-2 record per row (JSON, typed by the sink), in column `record_l2`."""
-    from grand.core.grounding import caption_details
-    from grand.schema import GroundedPhrase, Landmark, Level2Row, ModelProvenance, ObjectRecord, Relationship, ShortCaption
+class AssembleLevel2(AssembleStep):
+    """CPU step: one complete level-2 record per row (JSON, typed by the sink), in column `record_l2`."""
 
-    n = len(batch["image_id"])
-    records = []
-    for i in range(n):
-        ok = batch["status"][i] == "ok"
-        row = Level2Row(
-            image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
-            status=str(batch["status"][i]), error=str(batch["error"][i]) or None,
-            provenance=[ModelProvenance(**p) for p in provenance_rows],
-        )
-        if ok:
-            grounding = json.loads(batch["grounding"][i]) if "grounding" in batch else None
-            grounding = grounding or {"links": {}, "boxes": {}, "relationships": []}
-            phrases = json.loads(batch["phrases"][i])
-            for name in captioners:
-                caption = str(batch[caption_column(name)][i])
-                spans = [(p["text"], p["start"], p["end"]) for p in phrases.get(name, [])]
-                details = caption_details(caption, spans, grounding["links"], grounding["boxes"])
-                row.short_captions.append(ShortCaption(name, caption, [GroundedPhrase(**d) for d in details]))
-            landmark = json.loads(batch["landmark"][i]) if "landmark" in batch else None
-            row.landmark = Landmark(**landmark) if landmark else None
-            row.relationships = [Relationship(**r) for r in grounding["relationships"]]
-            row.objects = [ObjectRecord(**o) for o in json.loads(batch["objects"][i])]
-            row.floating_objects = [ObjectRecord(**o) for o in json.loads(batch["floating_objects"][i])]
-        records.append(json.dumps(dataclasses.asdict(row)))
-    return {**batch, "record_l2": records}
+    name = role = "assemble_level2"
+    level = 2
+    reads = ("grounding", "landmark")
+
+    def __init__(self, captioners: list[str], provenance_rows: list[dict], runtime: StepRuntime | None = None):
+        super().__init__(provenance_rows, runtime)
+        self.captioners = captioners
+
+    def run_rows(self, batch, rows):
+        from grand.core.grounding import caption_details
+        from grand.schema import GroundedPhrase, Landmark, Level2Row, ModelProvenance, ObjectRecord, Relationship, ShortCaption
+
+        for i in rows:
+            row = Level2Row(
+                image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
+                status=str(batch["status"][i]), error=str(batch["error"][i]) or None,
+                provenance=[ModelProvenance(**p) for p in self.provenance_rows],
+            )
+            if batch["status"][i] == "ok":
+                grounding = json.loads(batch["grounding"][i]) or {"links": {}, "boxes": {}, "relationships": []}
+                phrases = json.loads(batch["phrases"][i])
+                for name in self.captioners:
+                    caption = str(batch[caption_column(name)][i])
+                    spans = [(p["text"], p["start"], p["end"]) for p in phrases.get(name, [])]
+                    details = caption_details(caption, spans, grounding["links"], grounding["boxes"])
+                    row.short_captions.append(ShortCaption(name, caption, [GroundedPhrase(**d) for d in details]))
+                landmark = json.loads(batch["landmark"][i])
+                row.landmark = Landmark(**landmark) if landmark else None
+                row.relationships = [Relationship(**r) for r in grounding["relationships"]]
+                row.objects = [ObjectRecord(**o) for o in json.loads(batch["objects"][i])]
+                row.floating_objects = [ObjectRecord(**o) for o in json.loads(batch["floating_objects"][i])]
+            batch["record_l2"][i] = json.dumps(dataclasses.asdict(row))

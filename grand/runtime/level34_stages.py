@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
-import traceback
 from pathlib import Path
 from typing import Iterator
 
 from grand.config import Level3Spec, Level4Spec, LLMSpec, SceneGraphSpec
-from grand.runtime.stages import load_actor_model, maybe_die, record_step_time
+from grand.runtime import columns
+from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime, ok_rows
+from grand.runtime.stages import load_actor_model
 
 log = logging.getLogger("grand.stages")
 
@@ -42,53 +42,90 @@ def read_level2_rows(row: dict, output_uri: str) -> Iterator[dict]:
         yield {
             "image_id": rec["image_id"], "shard": rec["shard"], "index": rec["index"],
             "status": rec["status"], "error": rec["error"] or "", "record_l2": json.dumps(rec),
+            "step_seconds": "{}",
         }
 
 
+class KeepColumns(BatchStep):
+    """CPU step: only the columns levels 3-4 read (nothing after level 2 needs pixels)."""
+
+    name = role = "drop_images"
+    level = 3
+    KEEP = ("image_id", "shard", "index", "status", "error", "step_seconds", "record_l2", "record_l1")
+
+    def __call__(self, batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k in self.KEEP}
+
+
+class AsStoredLevel2(BatchStep):
+    """CPU step: `record_l2` exactly as a level-2 shard stores it (float32 boxes and depths, typed by
+    the schema), so that levels 3-4 computed right after level 2 equal levels 3-4 computed later
+    from the committed shard: a depth layer or a group can hinge on the last digits of a float."""
+
+    name = role = "as_stored_level2"
+    level = 3
+
+    def rows(self, batch):
+        return list(range(len(batch["image_id"])))
+
+    def run_rows(self, batch, rows):
+        import pyarrow as pa
+
+        from grand.schema import LEVEL2_SCHEMA
+
+        records = [json.loads(batch["record_l2"][i]) for i in rows]
+        for i, rec in zip(rows, pa.Table.from_pylist(records, schema=LEVEL2_SCHEMA).to_pylist()):
+            batch["record_l2"][i] = json.dumps(rec)
+
+
 def as_stored_level2(batch: dict) -> dict:
-    """`record_l2` exactly as a level-2 shard stores it (float32 boxes and depths, typed by the
-    schema), so that levels 3-4 computed right after level 2 equal levels 3-4 computed later from
-    the committed shard: a depth layer or a group can hinge on the last digits of a float."""
-    import pyarrow as pa
-
-    from grand.schema import LEVEL2_SCHEMA
-
-    records = [json.loads(r) for r in batch["record_l2"]]
-    stored = pa.Table.from_pylist(records, schema=LEVEL2_SCHEMA).to_pylist()
-    return {**batch, "record_l2": [json.dumps(r) for r in stored]}
-
-
-def _ok_rows(batch: dict) -> list[int]:
-    return [i for i in range(len(batch["image_id"])) if batch["status"][i] == "ok"]
+    return AsStoredLevel2()(batch)
 
 
 # -- scene graph ------------------------------------------------------------------------------------
-def scene_graph_step(batch: dict, spec: SceneGraphSpec) -> dict:
-    """The scene graph of every ok row (pure logic: a CPU task)."""
-    from grand.core.scene_graph import build_scene_graph
+class SceneGraphStep(BatchStep):
+    """CPU step: the scene graph of every ok row (pure logic)."""
 
-    batch = {k: list(v) for k, v in batch.items()}
-    graphs = ["null"] * len(batch["image_id"])
-    for i in _ok_rows(batch):
-        graphs[i] = json.dumps(dataclasses.asdict(build_scene_graph(json.loads(batch["record_l2"][i]), spec)))
-    batch["scene_graph"] = graphs
-    return batch
+    name = role = "scene_graph"
+    level = 3
+    error_columns = ("error_l3",)
+
+    def __init__(self, spec: SceneGraphSpec, runtime: StepRuntime | None = None):
+        super().__init__(runtime)
+        self.spec = spec
+
+    def init_outputs(self, batch, n):
+        columns.fill(batch, "scene_graph")
+
+    def run_rows(self, batch, rows):
+        from grand.core.scene_graph import build_scene_graph
+
+        for i in rows:
+            graph = build_scene_graph(json.loads(batch["record_l2"][i]), self.spec)
+            batch["scene_graph"][i] = json.dumps(dataclasses.asdict(graph))
 
 
 # -- the LLM step -----------------------------------------------------------------------------------
-class LLMStep:
+class LLMStep(BatchStep):
     """One LLM actor doing the LLM work of levels 3 and 4 for a batch: the verified dense caption
     (`level3` given) and the extra-context paragraph (`level4` given). When both levels use the same
     LLM, one actor pool (one engine, one set of weights on the GPU) serves both.
 
     Requests of the whole batch go to the backend together (vLLM schedules them; the HTTP backend
     keeps `max_concurrency` in flight). A request that still fails after the backend's retries
-    becomes that image's error at that level only."""
+    becomes that image's error at that level only (error_l3 / error_l4, never `status`)."""
+
+    role = "llm"
+    timed = True
 
     def __init__(self, spec: LLMSpec, level3: Level3Spec | None = None, level4: Level4Spec | None = None,
-                 base_dir: str | None = None, fault_rate: float = 0.0):
+                 base_dir: str | None = None, runtime: StepRuntime | None = None):
         base = Path(base_dir) if base_dir else None
-        self.spec, self.level3, self.level4, self.fault_rate = spec, level3, level4, fault_rate
+        self.spec, self.name, self.level3, self.level4 = spec, spec.name, level3, level4
+        self.level = 3 if level3 is not None else 4
+        # a failure is an error at the levels this LLM serves only
+        self.error_columns = (("error_l3",) if level3 is not None else ()) + (("error_l4",) if level4 is not None else ())
+        super().__init__(runtime)
         if level3 is not None:
             from grand.core.dense_caption import CaptionChecker
             from grand.core.llm_prompts import load_level3_prompt
@@ -101,40 +138,18 @@ class LLMStep:
             self.context_template = load_level4_prompt(level4.prompt_file, base)
         self.llm = load_actor_model(spec, base_dir)
 
-    def __call__(self, batch: dict) -> dict:
-        maybe_die(self.fault_rate, self.spec.name)
-        batch = {k: list(v) for k, v in batch.items()}
-        n = len(batch["image_id"])
-        if self.level3 is not None:
-            batch.setdefault("dense_caption", ["null"] * n)
-            batch.setdefault("error_l3", [""] * n)
-        if self.level4 is not None:
-            batch.setdefault("context", [""] * n)
-            batch.setdefault("error_l4", [""] * n)
-        todo = _ok_rows(batch)
-        started = time.perf_counter()
-        if todo:
-            try:
-                self._run(batch, todo)
-            except Exception:  # the backend itself failed: isolate the image that breaks it
-                log.warning("%s: batch of %d failed, retrying image by image\n%s", self.spec.name, len(todo), traceback.format_exc())
-                for i in todo:
-                    try:
-                        self._run(batch, [i])
-                    except Exception as err:
-                        reason = f"llm '{self.spec.name}': {type(err).__name__}: {err}"
-                        for col in ("error_l3", "error_l4"):
-                            if col in batch:
-                                batch[col][i] = reason
-        record_step_time(batch, self.spec.name, time.perf_counter() - started, todo)
-        return batch
+    def init_outputs(self, batch, n):
+        columns.ensure(batch, (["dense_caption"] if self.level3 is not None else [])
+                       + (["context"] if self.level4 is not None else []))
 
-    def _run(self, batch: dict, rows: list[int]) -> None:
+    def run_rows(self, batch: dict, rows: list[int]) -> None:
         from grand.models.base import LLMError
 
         records = {i: json.loads(batch["record_l2"][i]) for i in rows}
-        if self.level3 is not None:
-            self._dense_captions(batch, rows, records, LLMError)
+        if self.level3 is not None:  # rows whose scene graph failed have their level-3 error already
+            l3_rows = [i for i in rows if not batch["error_l3"][i]]
+            if l3_rows:
+                self._dense_captions(batch, l3_rows, records, LLMError)
         if self.level4 is not None:
             from grand.core.llm_prompts import extra_context_conversation
 
@@ -171,28 +186,32 @@ class LLMStep:
 
 
 # -- grounding the dense caption --------------------------------------------------------------------
-class CaptionGroundStep:
+class CaptionGroundStep(BatchStep):
     """The dense caption's phrases linked to objects (reference three passes; a spaCy actor)."""
 
-    def __init__(self, level3: Level3Spec, spacy_model: str):
+    name = role = "caption_grounding"
+    level = 3
+    timed = True
+    reads = ("dense_caption",)
+    error_columns = ("error_l3",)
+
+    def __init__(self, level3: Level3Spec, spacy_model: str, runtime: StepRuntime | None = None):
         from grand.core.caption_grounding import CaptionGrounder
 
+        super().__init__(runtime)
         self.grounder = CaptionGrounder(spacy_model, level3.grounding)
 
-    def __call__(self, batch: dict) -> dict:
-        batch = {k: list(v) for k, v in batch.items()}
-        n = len(batch["image_id"])
-        details = ["[]"] * n
-        rows = [i for i in _ok_rows(batch) if not batch["error_l3"][i] and batch["dense_caption"][i] != "null"]
-        started = time.perf_counter()
-        if rows:
-            captions = [json.loads(batch["dense_caption"][i])["caption"] for i in rows]
-            records = [json.loads(batch["record_l2"][i]) for i in rows]
-            for i, found in zip(rows, self.grounder.ground(captions, records)):
-                details[i] = json.dumps(found)
-        batch["details"] = details
-        record_step_time(batch, "caption_grounding", time.perf_counter() - started, rows)
-        return batch
+    def init_outputs(self, batch, n):
+        columns.fill(batch, "details")
+
+    def rows(self, batch):
+        return [i for i in ok_rows(batch) if not batch["error_l3"][i] and batch["dense_caption"][i] != "null"]
+
+    def run_rows(self, batch, rows):
+        captions = [json.loads(batch["dense_caption"][i])["caption"] for i in rows]
+        records = [json.loads(batch["record_l2"][i]) for i in rows]
+        for i, found in zip(rows, self.grounder.ground(captions, records)):
+            batch["details"][i] = json.dumps(found)
 
 
 # -- assembly ---------------------------------------------------------------------------------------
@@ -200,44 +219,52 @@ def _level_status(batch: dict, i: int, error_col: str) -> tuple[str, str | None]
     """A row is ok at level 3/4 when its level-2 row was ok and the level's LLM work succeeded."""
     if batch["status"][i] != "ok":
         return "error", str(batch["error"][i]) or "level 2 failed"
-    err = str(batch[error_col][i]) if error_col in batch else ""
+    err = str(batch[error_col][i])
     return ("error", err) if err else ("ok", None)
 
 
-def assemble_level3(batch: dict, provenance_rows: list[dict]) -> dict:
-    """One complete level-3 record per row (JSON, typed by the sink), in column `record_l3`."""
-    from grand.schema import (
-        CaptionAttempt, DenseCaption, GroundedPhrase, Level3Row, ModelProvenance, SceneGraph, SceneLayer,
-    )
+class AssembleLevel3(AssembleStep):
+    """CPU step: one complete level-3 record per row (JSON, typed by the sink), in column `record_l3`."""
 
-    records = []
-    for i in range(len(batch["image_id"])):
-        status, error = _level_status(batch, i, "error_l3")
-        row = Level3Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
-                        status=status, error=error, provenance=[ModelProvenance(**p) for p in provenance_rows])
-        if batch["status"][i] == "ok":
-            sg = json.loads(batch["scene_graph"][i])
-            row.scene_graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
-        if status == "ok":
-            dc = json.loads(batch["dense_caption"][i])
-            row.dense_caption = DenseCaption(
-                caption=dc["caption"], verified=bool(dc["verified"]),
-                details=[GroundedPhrase(**d) for d in json.loads(batch["details"][i])],
-                attempts=[CaptionAttempt(**a) for a in dc["attempts"]],
-            )
-        records.append(json.dumps(dataclasses.asdict(row)))
-    return {**batch, "record_l3": records}
+    name = role = "assemble_level3"
+    level = 3
+    error_columns = ("error_l3",)
+
+    def run_rows(self, batch, rows):
+        from grand.schema import (
+            CaptionAttempt, DenseCaption, GroundedPhrase, Level3Row, ModelProvenance, SceneGraph, SceneLayer,
+        )
+
+        for i in rows:
+            status, error = _level_status(batch, i, "error_l3")
+            row = Level3Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
+                            status=status, error=error, provenance=[ModelProvenance(**p) for p in self.provenance_rows])
+            sg = json.loads(batch["scene_graph"][i]) if batch["status"][i] == "ok" else None
+            if sg:
+                row.scene_graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
+            if status == "ok":
+                dc = json.loads(batch["dense_caption"][i])
+                row.dense_caption = DenseCaption(
+                    caption=dc["caption"], verified=bool(dc["verified"]),
+                    details=[GroundedPhrase(**d) for d in json.loads(batch["details"][i])],
+                    attempts=[CaptionAttempt(**a) for a in dc["attempts"]],
+                )
+            batch["record_l3"][i] = json.dumps(dataclasses.asdict(row))
 
 
-def assemble_level4(batch: dict, provenance_rows: list[dict]) -> dict:
-    """One complete level-4 record per row (JSON, typed by the sink), in column `record_l4`."""
-    from grand.schema import Level4Row, ModelProvenance
+class AssembleLevel4(AssembleStep):
+    """CPU step: one complete level-4 record per row (JSON, typed by the sink), in column `record_l4`."""
 
-    records = []
-    for i in range(len(batch["image_id"])):
-        status, error = _level_status(batch, i, "error_l4")
-        row = Level4Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
-                        status=status, error=error, provenance=[ModelProvenance(**p) for p in provenance_rows],
-                        additional_context=str(batch["context"][i]) if status == "ok" else None)
-        records.append(json.dumps(dataclasses.asdict(row)))
-    return {**batch, "record_l4": records}
+    name = role = "assemble_level4"
+    level = 4
+    error_columns = ("error_l4",)
+
+    def run_rows(self, batch, rows):
+        from grand.schema import Level4Row, ModelProvenance
+
+        for i in rows:
+            status, error = _level_status(batch, i, "error_l4")
+            row = Level4Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
+                            status=status, error=error, provenance=[ModelProvenance(**p) for p in self.provenance_rows],
+                            additional_context=str(batch["context"][i]) if status == "ok" else None)
+            batch["record_l4"][i] = json.dumps(dataclasses.asdict(row))

@@ -17,8 +17,15 @@ from __future__ import annotations
 import math
 import re
 
+import logging
+import os
+import sys
+
 from grand.io.manifest import Manifest
 from grand.io.output import OutputDir
+from grand.io.sink import shard_counts
+
+log = logging.getLogger("grand.run")
 
 REPORT_FORMAT = "grand-run-report/1"
 REPORTS_DIR = ("_grand", "reports")
@@ -34,12 +41,14 @@ def report_name(run: int, started: str) -> str:
 def stage_table(summary, steps: list[tuple[str, object]]) -> dict:
     """Per model step: role, pool size, resources, images, actor busy seconds, images per busy second
     (one actor), and pool_images_per_s = that rate x pool size (what the whole pool can sustain).
-    `steps` is [(role, ModelSpec)] as pipeline.model_steps gives them. A model used by two steps
+    `steps` is the run's model steps (grand.runtime.steps.Step, as steps.model_steps gives them;
+    (role, ModelSpec) pairs work too). A model used by two steps
     (SAM at levels 1 and 2) is one entry with `pools: 2`: two actor pools of pool_size each; an
     image counts once and its busy time is the sum of both, so the rates are those of one pool doing
     both jobs (a lower bound of the two pools together)."""
     table: dict[str, dict] = {}
     uses: dict[str, int] = {}
+    steps = [(s.role, s.spec) if hasattr(s, "spec") else s for s in steps]
     for _, spec in steps:
         uses[spec.name] = uses.get(spec.name, 0) + 1
     for role, spec in steps:
@@ -58,6 +67,10 @@ def stage_table(summary, steps: list[tuple[str, object]]) -> dict:
             "pool_images_per_s": round(rate * r.pool_size, 3) if rate else None,
         }
     return table
+
+
+def _round(value, digits):
+    return round(value, digits) if value is not None else None
 
 
 def bottleneck(stages: dict) -> str | None:
@@ -87,6 +100,9 @@ def build_report(summary, run_entry: dict, run: int, steps: list, cluster: dict 
         "wall_s": round(summary.seconds, 2),
         "first_row_s": round(summary.first_row_s, 2) if summary.first_row_s is not None else None,
         "images_per_s": round(summary.images_per_s, 4),
+        "steady_images_per_s": _round(getattr(summary, "steady_images_per_s", None), 4),
+        "peak_rss_gib": _round(getattr(summary, "peak_rss_gib", None), 2),
+        "colocated": bool(getattr(summary, "colocated", False)),
         "stages": stages,
         "bottleneck": bottleneck(stages),
         "cluster": {
@@ -109,6 +125,46 @@ def save_report(out: OutputDir, manifest: Manifest, run: int, summary, steps: li
     rel = "/".join((*REPORTS_DIR, name))
     entry["report"] = rel
     return out.uri.rstrip("/") + "/" + rel
+
+
+def save_run_report(out, manifest, run, summary, steps, cluster, error=None) -> None:
+    """save_report for grand.runtime.run: a failed write never fails the run."""
+    try:
+        summary.report = save_report(out, manifest, run, summary, steps, cluster, error)
+    except Exception as err:
+        log.warning("could not write the run report: %s", err)
+
+
+def reconcile(manifest: Manifest, out: OutputDir, committed: set[str], level: int = 1) -> None:
+    """A crash between a shard's rename and the manifest update leaves a committed file without an
+    entry: count it from the file itself so that status stays true."""
+    import pyarrow.parquet as pq
+
+    changed = False
+    for shard in committed:
+        entry = manifest.shard_entry(level, shard)
+        if entry and entry.get("state") == "committed":
+            continue
+        with out.fs.open(out.shard_path(level, shard), "rb") as f:
+            table = pq.read_table(f, columns=["status", "error"])
+        manifest.record_commit(level, shard, **shard_counts(table["status"].to_pylist(), table["error"].to_pylist()))
+        changed = True
+    if changed:
+        manifest.save()
+
+
+def package_versions() -> dict:
+    """The versions a run's manifest entry records (and the host it ran from)."""
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for pkg in ("grand", "ray", "torch", "transformers", "pyarrow", "pycocotools", "onnxruntime", "numpy", "pillow"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["host"] = os.uname().nodename
+    return versions
 
 
 def latest_report(uri: str) -> tuple[str, dict] | None:

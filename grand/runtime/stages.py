@@ -1,24 +1,22 @@
-"""Level-1 pipeline steps (and the shared step machinery) as Ray Data batch functions (what to do; grand.runtime.pipeline says where).
+"""Level-1 pipeline steps as batch steps (what each step does to a batch; grand.runtime.steps says
+in which order and where they run, grand.runtime.batch is the base they share).
 
 Rows travel between steps with plain columns: ids, the prepared image bytes, `status`/`error`, and
 one JSON string column per result (`tags`, `det__<model>`, `objects`, ...). JSON keeps every block's
 Arrow schema identical whatever an image contains (empty lists included); the sink turns it into
 the typed output schema (grand.schema) once, at the end.
 
-Every model step is a callable class run by an actor pool: the model loads once per actor. A step
-never lets one image stop a batch: when a batch fails, its images are retried one by one and those
-that still fail become error rows naming the step.
+Every model step is a callable class run by an actor pool: the model loads once per actor. No step
+lets one image stop a batch (grand.runtime.batch.BatchStep): when a batch fails, its images are
+retried one by one and those that still fail become error rows naming the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from abc import ABC, abstractmethod
-import os
-import random
-import time
-import traceback
+from abc import abstractmethod
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +35,8 @@ from grand.config import (
     VotingSpec,
 )
 from grand.core.detections import Detections
+from grand.runtime import columns
+from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime, record_step_time  # noqa: F401  (record_step_time: re-export)
 
 log = logging.getLogger("grand.stages")
 
@@ -66,36 +66,35 @@ def read_shard_rows(row: dict, input_cfg: InputSpec) -> Iterator[dict]:
             "error": img.error or "",
             "width": 0,
             "height": 0,
+            "step_seconds": "{}",
         }
 
 
 def prepare_images(batch: dict, max_pixels: int) -> dict:
     """Decode and validate every image once; bad ones become error rows with the reason."""
-    from grand.io.images import ImageDecodeError, prepare_image
-
-    images, widths, heights = list(batch["image"]), list(batch["width"]), list(batch["height"])
-    status, error = list(batch["status"]), list(batch["error"])
-    for i in range(len(images)):
-        if status[i] != "ok":
-            continue
-        try:
-            images[i], widths[i], heights[i] = prepare_image(bytes(images[i]), max_pixels)
-        except ImageDecodeError as err:
-            status[i], error[i], images[i] = "error", f"decode: {err}", b""
-        except Exception as err:  # an unexpected decoder failure is still one image's problem
-            status[i], error[i], images[i] = "error", f"decode: {type(err).__name__}: {err}", b""
-    return {**batch, "image": images, "width": widths, "height": heights, "status": status, "error": error}
+    return DecodeStep(max_pixels)(batch)
 
 
-def record_step_time(batch: dict, step: str, seconds: float, rows: list[int]) -> None:
-    """Share a batch's busy time among its rows (column `step_seconds`, JSON {step: seconds}), so
-    the driver can report each step's images/s while the run goes on."""
-    n = len(batch["image_id"])
-    col = batch.setdefault("step_seconds", ["{}"] * n)
-    for i in rows:
-        times = json.loads(col[i])
-        times[step] = times.get(step, 0.0) + seconds / len(rows)
-        col[i] = json.dumps(times)
+class DecodeStep(BatchStep):
+    """CPU step: decode and validate every image once; bad ones become error rows with the reason."""
+
+    name = role = "decode"
+
+    def __init__(self, max_pixels: int, runtime: StepRuntime | None = None):
+        super().__init__(runtime)
+        self.max_pixels = max_pixels
+
+    def run_rows(self, batch, rows):
+        from grand.io.images import ImageDecodeError, prepare_image
+
+        images, widths, heights, status, error = (batch[c] for c in ("image", "width", "height", "status", "error"))
+        for i in rows:
+            try:
+                images[i], widths[i], heights[i] = prepare_image(bytes(images[i]), self.max_pixels)
+            except ImageDecodeError as err:
+                status[i], error[i], images[i] = "error", f"decode: {err}", b""
+            except Exception as err:  # an unexpected decoder failure is still one image's problem
+                status[i], error[i], images[i] = "error", f"decode: {type(err).__name__}: {err}", b""
 
 
 # -- model steps ----------------------------------------------------------------------------------
@@ -111,52 +110,27 @@ def load_actor_model(spec: ModelSpec, base_dir: str | None):
     return build_model(spec, Path(base_dir) if base_dir else None)
 
 
-def maybe_die(fault_rate: float, step: str) -> None:
-    """Opt-in fault injection (RunOptions.fault_rate): the actor process dies as a crashed model
-    worker would, so that tests can check Ray's restart + retry gives the fault-free output."""
-    if fault_rate > 0 and random.random() < fault_rate:
-        log.warning("%s: fault injection: killing this actor process", step)
-        os._exit(1)
-
-
-class ModelStep(ABC):
-    """Base of the actor-pool steps: loads the model once, runs ok rows, isolates failures."""
+class ModelStep(BatchStep):
+    """Base of the model steps: loads the model once per actor, runs ok rows on their decoded
+    images (the isolation and poison-image handling are BatchStep's)."""
 
     role = "model"
+    timed = True
 
-    def __init__(self, spec: ModelSpec, base_dir: str | None = None, fault_rate: float = 0.0):
-        self.spec = spec
-        self.fault_rate = fault_rate
+    def __init__(self, spec: ModelSpec, base_dir: str | None = None, runtime: StepRuntime | None = None,
+                 level: int | None = None):
+        self.spec, self.name = spec, spec.name
+        self.level = level or self.level
+        super().__init__(runtime)
         self.model = load_actor_model(spec, base_dir)
 
-    def __call__(self, batch: dict) -> dict:
+    def before(self, batch, rows):
         from grand.io.images import open_rgb
 
-        maybe_die(self.fault_rate, self.spec.name)
-        batch = {k: list(v) for k, v in batch.items()}
-        n = len(batch["image_id"])
-        todo = [i for i in range(n) if batch["status"][i] == "ok"]
-        self.init_outputs(batch, n)
-        if not todo:
-            record_step_time(batch, self.spec.name, 0.0, [])  # every block keeps the same columns
-            return batch
-        started = time.perf_counter()
-        images = {i: open_rgb(bytes(batch["image"][i])) for i in todo}
-        try:
-            self.run(batch, todo, images)
-        except Exception:
-            log.warning("%s: batch of %d failed, retrying image by image\n%s", self.spec.name, len(todo), traceback.format_exc())
-            for i in todo:
-                try:
-                    self.run(batch, [i], images)
-                except Exception as err:
-                    batch["status"][i] = "error"
-                    batch["error"][i] = f"{self.role} '{self.spec.name}': {type(err).__name__}: {err}"
-        record_step_time(batch, self.spec.name, time.perf_counter() - started, todo)
-        return batch
+        self._images = {i: open_rgb(bytes(batch["image"][i])) for i in rows}
 
-    def init_outputs(self, batch: dict, n: int) -> None:
-        """Create this step's output columns so that every row has them, error rows included."""
+    def run_rows(self, batch, rows):
+        self.run(batch, rows, self._images)
 
     @abstractmethod
     def run(self, batch: dict, rows: list[int], images: dict) -> None:
@@ -164,13 +138,12 @@ class ModelStep(ABC):
         this step's columns for those rows into `batch`."""
 
 
-
 class TagStep(ModelStep):
     role = "tagger"
     spec: TaggerSpec
 
     def init_outputs(self, batch, n):
-        batch.setdefault("tags", ["[]"] * n)
+        columns.ensure(batch, ["tags"])  # several taggers add to the same column
 
     def run(self, batch, rows, images):
         results = self.model.tag([images[i] for i in rows])
@@ -194,6 +167,7 @@ def tag_names(tags_json: str) -> list[str]:
 
 class DetectStep(ModelStep):
     role = "detector"
+    reads = ("tags",)
     spec: DetectorSpec
 
     def init_outputs(self, batch, n):
@@ -203,7 +177,7 @@ class DetectStep(ModelStep):
     def run(self, batch, rows, images):
         queries = None
         if self.spec.queries == "tags":
-            queries = [tag_names(batch["tags"][i]) if "tags" in batch else [] for i in rows]
+            queries = [tag_names(batch["tags"][i]) for i in rows]
         results = self.model.detect([images[i] for i in rows], queries)
         col = detection_column(self.spec.name)
         for i, det in zip(rows, results):
@@ -211,23 +185,30 @@ class DetectStep(ModelStep):
             batch[col][i] = json.dumps(det.to_dict())
 
 
-def vote(batch: dict, detectors: list[DetectorSpec], voting: VotingSpec) -> dict:
+class VoteStep(BatchStep):
     """CPU step: merge every detector's boxes into objects / floating objects (reference rules)."""
-    from grand.core.voting import vote_detections
 
-    n = len(batch["image_id"])
-    objects, floating = ["[]"] * n, ["[]"] * n
-    for i in range(n):
-        if batch["status"][i] != "ok":
-            continue
-        per_model = {
-            d.name: Detections.from_dict(json.loads(batch[detection_column(d.name)][i])) for d in detectors
-        }
-        result = vote_detections(per_model, detectors, voting)
-        records = [_object_dict(k, o) for k, o in enumerate(result.objects + result.floating_objects)]
-        objects[i] = json.dumps(records[: len(result.objects)])
-        floating[i] = json.dumps(records[len(result.objects):])
-    return {**batch, "objects": objects, "floating_objects": floating}
+    name = role = "vote"
+
+    def __init__(self, detectors: list[DetectorSpec], voting: VotingSpec, runtime: StepRuntime | None = None):
+        super().__init__(runtime)
+        self.detectors, self.voting = detectors, voting
+
+    def init_outputs(self, batch, n):
+        columns.fill(batch, "objects")
+        columns.fill(batch, "floating_objects")
+
+    def run_rows(self, batch, rows):
+        from grand.core.voting import vote_detections
+
+        for i in rows:
+            per_model = {
+                d.name: Detections.from_dict(json.loads(batch[detection_column(d.name)][i])) for d in self.detectors
+            }
+            result = vote_detections(per_model, self.detectors, self.voting)
+            records = [_object_dict(k, o) for k, o in enumerate(result.objects + result.floating_objects)]
+            batch["objects"][i] = json.dumps(records[: len(result.objects)])
+            batch["floating_objects"][i] = json.dumps(records[len(result.objects):])
 
 
 def _object_dict(object_id: int, obj) -> dict:
@@ -304,7 +285,7 @@ class DepthStep(ModelStep):
     spec: DepthSpec
 
     def init_outputs(self, batch, n):
-        batch.setdefault("depth_stats", ["null"] * n)
+        columns.fill(batch, "depth_stats")
 
     def run(self, batch, rows, images):
         from grand.core.depth import depth_stats, object_depths
@@ -360,10 +341,11 @@ class AttributeStep(ModelStep):
     role = "attributes"
     spec: AttributeSpec
 
-    def __init__(self, spec: AttributeSpec, base_dir: str | None = None, fault_rate: float = 0.0):
+    def __init__(self, spec: AttributeSpec, base_dir: str | None = None, runtime: StepRuntime | None = None,
+                 level: int | None = None):
         from grand.prompts import load_prompt
 
-        super().__init__(spec, base_dir, fault_rate)
+        super().__init__(spec, base_dir, runtime, level)
         self.prompt = load_prompt(spec.prompt_file, Path(base_dir) if base_dir else None)
 
     def run(self, batch, rows, images):
@@ -393,10 +375,10 @@ class Sa1bGtStep(ModelStep):
     role = "sa1b_gt"
     spec: Sa1bGtSpec
 
-    def __init__(self, spec, base_dir=None, fault_rate=0.0):
+    def __init__(self, spec, base_dir=None, runtime: StepRuntime | None = None, level: int | None = None):
         from grand.models.hf_tagger import read_vocabulary
 
-        super().__init__(spec, base_dir, fault_rate)
+        super().__init__(spec, base_dir, runtime, level)
         self.vocabulary = read_vocabulary(spec, Path(base_dir) if base_dir else None)
 
     def init_outputs(self, batch, n):
@@ -421,7 +403,35 @@ class Sa1bGtStep(ModelStep):
             batch[own][i] = json.dumps(classified_detections(boxes, scores, self.vocabulary, self.spec.name).to_dict())
 
 
-STEP_FOR_ROLE = {
-    "tagger": TagStep, "detector": DetectStep, "segmenter": SegmentStep, "depth": DepthStep,
-    "label_choice": LabelChoiceStep, "attributes": AttributeStep, "sa1b_gt": Sa1bGtStep,
-}
+class AssembleLevel1(AssembleStep):
+    """CPU step: one complete level-1 record per row (JSON, typed by the sink), in column `record_l1`."""
+
+    name = role = "assemble_level1"
+    reads = ("tags", "depth_stats")
+
+    def run_rows(self, batch, rows):
+        from grand.schema import DepthStats, Level1Row, ModelProvenance, ObjectRecord
+
+        for i in rows:
+            ok = batch["status"][i] == "ok"
+            best = best_tag_scores(batch["tags"][i]) if ok else {}
+            objects = json.loads(batch["objects"][i]) if ok else []
+            floating = json.loads(batch["floating_objects"][i]) if ok else []
+            depth = json.loads(batch["depth_stats"][i]) if ok else None
+            row = Level1Row(
+                image_id=str(batch["image_id"][i]),
+                source=str(batch["source"][i]),
+                shard=str(batch["shard"][i]),
+                index=int(batch["index"][i]),
+                status=str(batch["status"][i]),
+                error=str(batch["error"][i]) or None,
+                width=int(batch["width"][i]) or None,
+                height=int(batch["height"][i]) or None,
+                tags=list(best),
+                tag_scores=[round(float(s), 5) for s in best.values()],
+                objects=[ObjectRecord(**o) for o in objects],
+                floating_objects=[ObjectRecord(**o) for o in floating],
+                depth_stats=DepthStats(**depth) if depth else None,
+                provenance=[ModelProvenance(**p) for p in self.provenance_rows],
+            )
+            batch["record_l1"][i] = json.dumps(dataclasses.asdict(row))
