@@ -134,6 +134,18 @@ class ImageFiles:
         """`file_name` of an image with samples to write, or None (counted) when they are skipped."""
         return None if self.small(row) else self.file_name(row)
 
+    def attach(self, row: dict, records: list[dict], keys=("file_name",)) -> list[dict]:
+        """`records` of one image with `keys` set to its file name (its image written first when
+        exporting images), or [] when the image is skipped (counted)."""
+        if not records:
+            return []
+        name = self.resolve(row)
+        if name is None:
+            return []
+        for rec in records:
+            rec.update(dict.fromkeys(keys, name))
+        return records
+
     def file_name(self, row: dict) -> str | None:
         """The sample's `file_name` for a level-1 row (columns LEVEL1_COLUMNS), or None when its
         samples must be skipped (counted in `skipped`). Call once per image, after `small`."""

@@ -328,14 +328,9 @@ def export_mdvp(output_uri: str, dest: str, tasks: Sequence[str] = TASKS, points
         for rows in good_images(out, _COLUMNS, levels=(1, 2, 3)):
             samples = image_samples(rows, tasks, points_per_object, box_noise, region_prompt_type, max_prompts,
                                     include_floating, seed)
-            if not samples:
-                continue
-            file_name = files.resolve(rows[1])  # writes the image under images_dir
-            if file_name is None:
-                continue  # a skipped image (counted by `files`)
-            n_images += 1
+            samples = files.attach(rows[1], samples, keys=("file_name", "image"))
+            n_images += bool(samples)
             for s in samples:
-                s["file_name"] = s["image"] = file_name
                 counts[s["task"]] += 1
                 writer.write(s)
     return {"dest": dest, "images": n_images, "samples": sum(counts.values()), "per_task": counts,

@@ -137,13 +137,7 @@ def export_region_chat(output_uri: str, dest: str, fmt: str, all_regions: bool =
     with SampleWriter(dest) as writer:
         for rows in good_images(out, _COLUMNS):
             records = image_records(rows, fmt, all_regions, include_floating, max_regions, seed)
-            if not records:
-                continue
-            file_name = files.resolve(rows[1])  # writes the image under images_dir
-            if file_name is None:
-                continue  # a skipped image (counted by `files`)
-            for rec in records:
-                rec["file_name"] = file_name
+            for rec in files.attach(rows[1], records):
                 n_records += 1
                 n_regions += len(rec.get("bboxes") or rec.get("annotation") or [])
                 n_turns += len(rec["conversations"]) // 2
