@@ -67,8 +67,8 @@ def test_depth_step_stores_the_map_and_eval_reads_it(tmp_path, capsys):
     img.save(buf, format="PNG")
     spec = DepthSpec(name="depth_anything", checkpoint="tiny:depth-anything", store_map=True)
     step = DepthStep(spec)
-    batch = {"image_id": ["a.png"], "status": ["ok"], "error": [""], "image": [buf.getvalue()],
-             "objects": ["[]"], "floating_objects": ["[]"]}
+    batch = {"image_id": ["a.png"], "shard": ["s0"], "index": [0], "status": ["ok"], "error": [""],
+             "image": [buf.getvalue()], "objects": ["[]"], "floating_objects": ["[]"], "step_seconds": ["{}"]}
     stats = json.loads(step(batch)["depth_stats"][0])
     raw = np.asarray(step.model.estimate([img])[0], np.float32)
     stored = decode_depth_map(stats)
