@@ -65,6 +65,10 @@ class Chromium:
         self.events: list[dict] = []
         self.send("Page.enable")
         self.send("Runtime.enable")
+        # the viewport exactly width x height: --window-size alone includes the window's own frame in
+        # some headless modes (a 1400x900 window gave a 757 px tall page)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
     def send(self, method: str, params: dict | None = None) -> dict:
         self._id += 1
