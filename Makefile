@@ -16,8 +16,8 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 demo: $(STAMP)
 	$(BIN)/grand demo --output demo-out
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the 25 slowest tests are listed at the end: CI's time budget is 25 minutes
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)  ## unit tests only (no Ray runs)
 	$(BIN)/python -m pytest -q -m "not slow"
