@@ -56,7 +56,9 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path: Path):
     (tmp_path / "out" / "_grand").mkdir(parents=True)
     (tmp_path / "out" / "_grand" / "lock.json").write_text(json.dumps({
         "host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat_unix": time.time(), "token": "x"}))
-    OutputLock(out).acquire().release()
+    lock = OutputLock(out).acquire()  # a fresh heartbeat, but its holder is gone: taken over at once
+    assert json.loads((tmp_path / "out" / "_grand" / "lock.json").read_text())["token"] == lock.token != "x"
+    lock.release()
 
 
 def test_plan_is_created_exclusively(tmp_path: Path):

@@ -62,11 +62,13 @@ def test_impossible_vllm_gpu_settings_are_refused_naming_the_step(options, resou
 
 
 def test_possible_settings_pass_and_other_backends_are_not_checked():
-    parse_config(_grand_with_vllm_llava(options={"gpu_memory_utilization": 0.15}), "grand.yaml")
-    parse_config(_grand_with_vllm_llava(options={"tensor_parallel_size": 2}, resources={"num_gpus": 2}), "grand.yaml")
+    cfg = parse_config(_grand_with_vllm_llava(options={"gpu_memory_utilization": 0.15}), "grand.yaml")
+    assert cfg.level2.captioners[1].options["gpu_memory_utilization"] == 0.15
+    cfg = parse_config(_grand_with_vllm_llava(options={"tensor_parallel_size": 2}, resources={"num_gpus": 2}), "grand.yaml")
+    assert cfg.level2.captioners[1].resources.num_gpus == 2
     data = _grand_with_vllm_llava(options={"gpu_memory_utilization": 0.9})
     data["level2"]["captioners"][1]["backend"] = "transformers"  # the option means nothing there
-    parse_config(data, "grand.yaml")
+    assert parse_config(data, "grand.yaml").level2.captioners[1].backend == "transformers"
 
 
 def test_engine_memory_on_cpu_and_whole_gpus():

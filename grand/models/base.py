@@ -6,6 +6,7 @@ Every adapter is built from a `grand.config.ModelSpec` by `grand.models.registry
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -56,7 +57,7 @@ def gather_masks(chunks: list, height: int, width: int) -> np.ndarray:
     return out
 
 
-class PerImageBoxSegmenter:
+class PerImageBoxSegmenter(ABC):
     """Shared `segment()` of box-prompted segmenters that embed each image once: checks the inputs,
     answers images without boxes with no masks (no embedding computed), and hands each RGB image with
     its (N, 4) float32 boxes to `_segment_one`, which returns (N, H, W) bool masks."""
@@ -70,8 +71,9 @@ class PerImageBoxSegmenter:
             out.append(np.zeros((0, image.height, image.width), dtype=bool) if len(b) == 0 else self._segment_one(image, b))
         return out
 
+    @abstractmethod
     def _segment_one(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(N, H, W) bool masks of one RGB image for its (N, 4) xyxy pixel boxes (N >= 1)."""
 
 
 @runtime_checkable
