@@ -22,6 +22,8 @@ Outside Ray (unit tests, benchmarks/level1.py's plain loop) there is no ledger: 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import logging
@@ -132,7 +134,7 @@ def _row_key(batch: dict, i: int) -> str:
     return f"{batch['shard'][i]}:{batch['index'][i]}"
 
 
-class BatchStep:
+class BatchStep(ABC):
     """Base of every step. Subclasses set `name` / `role` / `level` (or take them from their spec)
     and implement `run_rows(batch, rows)`; optional hooks: `init_outputs` (create this step's
     columns for every row, error rows included), `rows` (which rows to run), `before` (per-batch
@@ -159,8 +161,9 @@ class BatchStep:
     def before(self, batch: dict, rows: list[int]) -> None:
         """Per-batch preparation of `rows` (runs outside the isolation: keep it failure-free)."""
 
+    @abstractmethod
     def run_rows(self, batch: dict, rows: list[int]) -> None:
-        raise NotImplementedError
+        """This step's work on `rows` (indices into `batch`): write its columns for those rows."""
 
     def after_error(self, batch: dict, i: int) -> None:
         """Row i just became an error row of this step (steps that write a record for every row,

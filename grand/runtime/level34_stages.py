@@ -46,12 +46,16 @@ def read_level2_rows(row: dict, output_uri: str) -> Iterator[dict]:
         }
 
 
-class KeepColumns(BatchStep):
-    """CPU step: only the columns levels 3-4 read (nothing after level 2 needs pixels)."""
+class KeepColumns:
+    """CPU step: only the columns levels 3-4 read (nothing after level 2 needs pixels). A projection
+    of whole columns, with no per-row work that could fail: no BatchStep isolation needed."""
 
     name = role = "drop_images"
     level = 3
     KEEP = ("image_id", "shard", "index", "status", "error", "step_seconds", "record_l2", "record_l1")
+
+    def __init__(self, runtime: StepRuntime | None = None):
+        pass  # the step signature every plan entry is built with; a projection needs no runtime
 
     def __call__(self, batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k in self.KEEP}
