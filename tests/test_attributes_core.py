@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 
+from grand.schema import ObjectRecord
 from grand.core.attributes import choose_label, clean_description, crop_box, label_candidates, objects_to_describe
 
 
-def o(bbox, labels=("thing",), label=None):
-    return {"id": 0, "bbox": list(bbox), "label": label if label is not None else labels[0], "labels": list(labels)}
+def o(bbox, labels=("thing",), label=None, attributes=()):
+    return ObjectRecord(id=0, bbox=list(bbox), label=label if label is not None else labels[0], labels=list(labels),
+                        score=1.0, models=["m"], attributes=list(attributes))
 
 
 # -- objects_to_describe (100 x 100 image: 2 % = 200 px^2) --------------------------------------------
@@ -136,9 +138,9 @@ def test_label_candidates_dedupe_keeps_first_spelling_and_order():
 
 
 def test_label_candidates_fall_back_to_label():
-    assert label_candidates({"label": "cat", "labels": []}) == ["cat"]
-    assert label_candidates({"label": "", "labels": []}) == []
-    assert label_candidates({"label": "cat", "labels": ["dog"], "attributes": ["a black cat"]}) == ["dog"]
+    assert label_candidates(o([0, 0, 1, 1], labels=[], label="cat")) == ["cat"]
+    assert label_candidates(o([0, 0, 1, 1], labels=[], label="")) == []
+    assert label_candidates(o([0, 0, 1, 1], labels=["dog"], label="cat", attributes=["a black cat"])) == ["dog"]
 
 
 def test_choose_label():

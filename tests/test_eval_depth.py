@@ -60,6 +60,9 @@ def test_by_hand_a_flat_prediction_of_a_two_plane_scene():
 
 
 def test_depth_step_stores_the_map_and_eval_reads_it(tmp_path, capsys):
+    import dataclasses
+
+    from grand.runtime.columns import Batch
     from grand.runtime.stages import DepthStep
 
     img = Image.fromarray((np.stack([_inverse_depth() * 100] * 3, -1)).astype(np.uint8))
@@ -68,8 +71,8 @@ def test_depth_step_stores_the_map_and_eval_reads_it(tmp_path, capsys):
     spec = DepthSpec(name="depth_anything", checkpoint="tiny:depth-anything", store_map=True)
     step = DepthStep(spec)
     batch = {"image_id": ["a.png"], "shard": ["s0"], "index": [0], "status": ["ok"], "error": [""],
-             "image": [buf.getvalue()], "objects": ["[]"], "floating_objects": ["[]"], "step_seconds": ["{}"]}
-    stats = json.loads(step(batch)["depth_stats"][0])
+             "image": [buf.getvalue()], "objects": [[]], "floating_objects": [[]], "step_seconds": [{}]}
+    stats = dataclasses.asdict(Batch(step(batch))["depth_stats"][0])
     raw = np.asarray(step.model.estimate([img])[0], np.float32)
     stored = decode_depth_map(stats)
     assert stored.shape == raw.shape

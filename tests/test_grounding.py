@@ -16,18 +16,8 @@ MODEL = "phrase_grounding:mdetr"
 
 
 def obj(id_, bbox, labels, models=("codetr", "eva"), score=0.9):
-    return {
-        "id": id_,
-        "bbox": list(bbox),
-        "label": labels[0],
-        "labels": list(labels),
-        "score": score,
-        "models": list(models),
-        "attributes": [],
-        "depth": 0.5,
-        "segmentation": None,
-        "segmentation_source": None,
-    }
+    return ObjectRecord(id=id_, bbox=list(bbox), label=labels[0], labels=list(labels), score=score,
+                        models=list(models), depth=0.5)
 
 
 def pb(phrase, label, boxes, scores=None):
@@ -41,7 +31,7 @@ def ground(objects, floating, phrases, **kw) -> GroundingResult:
 
 
 def ids(objs):
-    return [o["id"] for o in objs]
+    return [o.id for o in objs]
 
 
 # -- linking threshold and choice ---------------------------------------------------------------------
@@ -59,7 +49,7 @@ def test_iou_just_above_threshold_links():
     r = ground(objects, [], [pb("a puppy", "puppy", [[0, 0, 100, 76]])])  # IoU 0.76
     assert r.links == {"a puppy": [0]}
     assert r.floating_objects == []
-    assert r.objects[0]["labels"] == ["dog", "puppy"]
+    assert r.objects[0].labels == ["dog", "puppy"]
 
 
 def test_match_iou_is_configurable():
@@ -105,9 +95,9 @@ def test_label_appended_once_case_insensitive_and_final_label_kept():
         ],
     )
     o = r.objects[0]
-    assert o["labels"] == ["dog", "puppy"]
-    assert o["label"] == "dog"
-    assert o["models"] == ["codetr", "eva", MODEL]  # the grounding model recorded once
+    assert o.labels == ["dog", "puppy"]
+    assert o.label == "dog"
+    assert o.models == ["codetr", "eva", MODEL]  # the grounding model recorded once
     assert r.links == {"the Dog": [0], "a puppy": [0], "the small puppy": [0]}
 
 
@@ -118,9 +108,9 @@ def test_floating_promoted_on_second_label_keeps_id_and_goes_after_level1_object
     assert ids(r.objects) == [4, 0, 3]
     assert ids(r.floating_objects) == [9]
     promoted = r.objects[2]
-    assert promoted["labels"] == ["cat", "kitten"]
-    assert promoted["label"] == "cat"
-    assert promoted["models"] == ["owlvit", MODEL]
+    assert promoted.labels == ["cat", "kitten"]
+    assert promoted.label == "cat"
+    assert promoted.models == ["owlvit", MODEL]
     assert r.links == {"a kitten": [3]}
 
 
@@ -129,7 +119,7 @@ def test_floating_not_promoted_when_the_same_label_comes_twice():
     r = ground([], floating, [pb("a cat", "Cat", [[100, 100, 200, 200]]), pb("the cat", "cat", [[100, 100, 200, 199]])])
     assert r.objects == []
     assert ids(r.floating_objects) == [3]
-    assert r.floating_objects[0]["labels"] == ["cat"]
+    assert r.floating_objects[0].labels == ["cat"]
 
 
 def test_promotion_needs_a_gained_label():
@@ -155,20 +145,9 @@ def test_unmatched_box_becomes_floating_object_with_fresh_unique_id():
     r = ground(objects, floating, [pb("a red kite", "kite", [[10.123, 20.456, 50.789, 60.001]], [0.87654321])])
     assert ids(r.floating_objects) == [7, 8]
     new = r.floating_objects[1]
-    assert new == {
-        "id": 8,
-        "bbox": [10.12, 20.46, 50.79, 60.0],
-        "label": "kite",
-        "labels": ["kite"],
-        "score": 0.87654,
-        "models": [MODEL],
-        "attributes": [],
-        "depth": None,
-        "segmentation": None,
-        "segmentation_source": None,
-    }
+    assert new == ObjectRecord(id=8, bbox=[10.12, 20.46, 50.79, 60.0], label="kite", labels=["kite"], score=0.87654,
+                               models=[MODEL], attributes=[], depth=None, segmentation=None, segmentation_source=None)
     assert r.links == {"a red kite": [8]}
-    ObjectRecord(**new)  # the dict has exactly the record's fields
 
 
 def test_first_new_id_is_zero_without_objects():
@@ -191,8 +170,8 @@ def test_second_phrase_on_same_region_links_to_new_object_and_promotes_it():
     assert r.links == {"a kite": [1], "the red kite": [1], "a toy": [1]}
     assert ids(r.objects) == [0, 1]
     assert r.floating_objects == []
-    assert r.objects[1]["labels"] == ["kite", "toy"]
-    assert r.objects[1]["models"] == [MODEL]
+    assert r.objects[1].labels == ["kite", "toy"]
+    assert r.objects[1].models == [MODEL]
 
 
 def test_duplicate_boxes_of_one_phrase_link_once():
@@ -258,7 +237,7 @@ def test_the_same_input_grounds_the_same_in_any_process():
         "objects = [obj(0, [0, 0, 100, 100], ['dog']), obj(3, [10, 0, 110, 100], ['cat'])]; "
         "phrases = [pb('a dog', 'dog', [[5, 0, 105, 100], [300, 300, 400, 400]]), pb('two cats', 'cat', "
         "[[300, 300, 400, 401], [12, 0, 110, 100]]), pb('a toy', 'toy', [[0, 0, 50, 50]])]; "
-        "r = ground(objects, [], phrases); print(json.dumps([r.objects, r.floating_objects, r.links, r.boxes], default=str))"
+        "r = ground(objects, [], phrases); print(json.dumps([r.objects, r.floating_objects, r.links, r.boxes], default=vars))"
     )
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}

@@ -296,15 +296,20 @@ def test_objects_take_the_mask_of_their_groups_detector():
         "maskrcnn": Detections([[5, 5, 30, 20], [40, 25, 55, 35]], [0.9, 0.8], ["cat", "dog"], "maskrcnn", masks=rles),
         "owl": Detections([[0, 0, 10, 10]], [0.5], ["cat"], "owl"),  # no masks: never a source
     }
+    from grand.schema import RLE, ObjectRecord
+
+    def o(bbox, models, segmentation=None):
+        return ObjectRecord(0, bbox, "cat", ["cat"], 0.9, models, segmentation=segmentation)
+
     objects = [
-        {"bbox": [6, 5, 30, 21], "models": ["owl", "maskrcnn"]},  # maskrcnn voted with a close box
-        {"bbox": [0, 0, 10, 10], "models": ["owl"]},  # no mask model in its group
-        {"bbox": [40, 25, 55, 35], "models": ["maskrcnn"], "segmentation": {"size": [40, 60], "counts": "x"}},
+        o([6, 5, 30, 21], ["owl", "maskrcnn"]),  # maskrcnn voted with a close box
+        o([0, 0, 10, 10], ["owl"]),  # no mask model in its group
+        o([40, 25, 55, 35], ["maskrcnn"], RLE([40, 60], "x")),
     ]
     assert assign_detector_masks(objects, per_model, 0.65) == 1
-    assert objects[0]["segmentation"] == rles[0] and objects[0]["segmentation_source"] == "maskrcnn"
-    assert "segmentation" not in objects[1]
-    assert objects[2]["segmentation"]["counts"] == "x"  # an SA-1B mask already there is kept
+    assert objects[0].segmentation == RLE(**rles[0]) and objects[0].segmentation_source == "maskrcnn"
+    assert objects[1].segmentation is None
+    assert objects[2].segmentation.counts == "x"  # an SA-1B mask already there is kept
 
 
 def test_detections_masks_must_match_the_boxes():

@@ -47,6 +47,7 @@ def test_classified_boxes_take_the_best_name_and_vote_at_their_priority():
 
 
 def test_the_step_adds_a_sa1b_gt_detection_column_only_for_sa1b_rows(tmp_path):
+    from grand.runtime.columns import Batch
     from grand.runtime.stages import Sa1bGtStep, detection_column
 
     (tmp_path / "vocab.txt").write_text("cat\ndog\ncar\n")
@@ -59,12 +60,11 @@ def test_the_step_adds_a_sa1b_gt_detection_column_only_for_sa1b_rows(tmp_path):
                                           for g in _gt([(10, 60, 90, 100)])]})
     batch = {
         "image_id": ["sa_1", "photo"], "shard": ["s0", "s0"], "index": [0, 1], "status": ["ok", "ok"],
-        "error": ["", ""], "step_seconds": ["{}", "{}"],
+        "error": ["", ""], "step_seconds": [{}, {}],
         "image": [buf.getvalue()] * 2, "sidecar": [sidecar, None],
-        detection_column("det"): [json.dumps(Detections.empty("det").to_dict())] * 2,
+        detection_column("det"): [Detections.empty("det")] * 2,
     }
-    out = step(batch)
-    first, second = (Detections.from_dict(json.loads(v)) for v in out[detection_column("sa1b_gt")])
+    first, second = Batch(step(batch))[detection_column("sa1b_gt")]
     assert len(first) == 1 and first.labels[0] in {"cat", "dog", "car"} and 0 < first.scores[0] <= 1
     np.testing.assert_allclose(first.xyxy, [[10, 60, 90, 100]])
     assert len(second) == 0  # no ground truth: nothing to vote

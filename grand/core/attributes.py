@@ -15,12 +15,13 @@ from typing import Sequence
 import numpy as np
 
 from grand.core.geometry import box_area, clip_boxes
+from grand.schema import ObjectRecord
 
 # -- which objects to describe ----------------------------------------------------------------------
 
 
 def objects_to_describe(
-    objects: Sequence[dict],
+    objects: Sequence[ObjectRecord],
     width: int,
     height: int,
     min_area_fraction: float = 0.02,
@@ -36,7 +37,7 @@ def objects_to_describe(
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if not objects or max_objects <= 0:
         return []
-    boxes = np.array([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
+    boxes = np.array([o.bbox for o in objects], dtype=np.float64).reshape(-1, 4)
     areas = box_area(clip_boxes(boxes, width, height).astype(np.float64))
     areas = np.where(np.isfinite(areas), areas, -1.0)  # a non-finite box is never eligible
     eligible = areas >= min_area_fraction * float(width) * float(height)
@@ -178,12 +179,12 @@ def clean_description(text: str | None, max_chars: int = MAX_DESCRIPTION_CHARS) 
 # -- final label -------------------------------------------------------------------------------------
 
 
-def label_candidates(obj: dict) -> list[str]:
+def label_candidates(obj: ObjectRecord) -> list[str]:
     """Distinct candidate final labels of an object: its `labels` (stripped, case-insensitive dedupe,
     first spelling and order kept); `label` alone when `labels` is empty. Attributes are not labels."""
     seen: set[str] = set()
     out: list[str] = []
-    for raw in list(obj.get("labels") or []) or [obj.get("label") or ""]:
+    for raw in list(obj.labels or []) or [obj.label or ""]:
         label = str(raw).strip()
         key = label.casefold()
         if label and key not in seen:

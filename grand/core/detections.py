@@ -61,7 +61,7 @@ class Detections:
         masks = None if self.masks is None else self.masks[index]
         return Detections(self.xyxy[index], self.scores[index], self.labels[index], self.model, attrs, masks)
 
-    # -- transport between pipeline stages (plain JSON-able dicts) -------------------------------
+    # -- plain dicts (grand.runtime.columns stores them as the typed `det__<model>` column) -----
     def to_dict(self) -> dict:
         out = {
             "model": self.model,
@@ -87,28 +87,31 @@ class Detections:
         )
 
 
-def assign_detector_masks(objects: list[dict], per_model: dict[str, Detections], min_iou: float) -> int:
+def assign_detector_masks(objects: list, per_model: dict[str, Detections], min_iou: float) -> int:
     """Give objects without a mask the mask a detector of their group predicted (the reference took
-    EVA-02's mask before prompting HQ-SAM). `objects` are the vote's dicts (bbox, models in priority
-    order); `per_model` maps a model name to its Detections, of which only those with `masks` count.
+    EVA-02's mask before prompting HQ-SAM). `objects` are the vote's grand.schema.ObjectRecords (bbox,
+    models in priority order); `per_model` maps a model name to its Detections, of which only those
+    with `masks` count.
     An object takes, from the first of its models that has masks, the mask of that model's box that
     overlaps the object's box best (IoU >= min_iou: the box that voted for the group). Sets
     `segmentation` and `segmentation_source` (the model's name) in place; returns how many got one."""
     from grand.core.geometry import box_iou
+    from grand.schema import RLE
 
     with_masks = {name: d for name, d in per_model.items() if d.masks is not None and len(d)}
     assigned = 0
     for obj in objects:
-        if obj.get("segmentation"):
+        if obj.segmentation:
             continue
-        for name in obj.get("models", []):
+        for name in obj.models:
             dets = with_masks.get(name)
             if dets is None:
                 continue
-            iou = box_iou(np.asarray([obj["bbox"]], np.float32), dets.xyxy)[0]
+            iou = box_iou(np.asarray([obj.bbox], np.float32), dets.xyxy)[0]
             best = int(iou.argmax())
             if iou[best] >= min_iou:
-                obj["segmentation"], obj["segmentation_source"] = dets.masks[best], name
+                mask = dets.masks[best]
+                obj.segmentation, obj.segmentation_source = RLE(list(mask["size"]), mask["counts"]), name
                 assigned += 1
                 break
     return assigned

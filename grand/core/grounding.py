@@ -5,8 +5,9 @@
     its labels; floating objects that gain a second label are promoted to objects; unmatched phrase
     boxes become new floating objects. Relationships = phrase + linked object ids."
 
-Rules, as implemented (objects are the plain dicts that travel between pipeline steps: id, bbox
-[x1, y1, x2, y2], label, labels, score, models, attributes, depth, segmentation, segmentation_source):
+Rules, as implemented (objects are grand.schema.ObjectRecord, as they travel between pipeline steps:
+id, bbox [x1, y1, x2, y2], label, labels, score, models, attributes, depth, segmentation,
+segmentation_source):
 
 - Phrases are processed in the given order, and each phrase's boxes in the given order; every box
   sees the objects as left by the boxes before it, so a region found by two phrases becomes one
@@ -38,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from grand.core.geometry import box_area, box_iou
+from grand.schema import ObjectRecord
 
 MODEL_PREFIX = "phrase_grounding:"
 
@@ -54,8 +56,8 @@ class PhraseBoxes:
 
 @dataclass
 class GroundingResult:
-    objects: list[dict]
-    floating_objects: list[dict]
+    objects: list[ObjectRecord]
+    floating_objects: list[ObjectRecord]
     links: dict[str, list[int]] = field(default_factory=dict)  # phrase -> linked ids, first-link order
     relationships: list[dict] = field(default_factory=list)  # {phrase, object_ids}, phrases with >= 1 id
     boxes: dict[str, list[float]] = field(default_factory=dict)  # phrase -> its best-scoring box
@@ -69,20 +71,18 @@ def _distinct_label_count(labels: Sequence[str]) -> int:
     return len({_fold(x) for x in labels if _fold(x)})
 
 
-def _add_label(obj: dict, label: str) -> bool:
-    """Append `label` to obj["labels"] unless present (case-insensitive); True when it was added."""
+def _add_label(obj: ObjectRecord, label: str) -> bool:
+    """Append `label` to obj.labels unless present (case-insensitive); True when it was added."""
     label = label.strip()
-    labels = obj.setdefault("labels", [])
-    if not label or _fold(label) in {_fold(x) for x in labels}:
+    if not label or _fold(label) in {_fold(x) for x in obj.labels}:
         return False
-    labels.append(label)
+    obj.labels.append(label)
     return True
 
 
-def _add_model(obj: dict, model: str) -> None:
-    models = obj.setdefault("models", [])
-    if model not in models:
-        models.append(model)
+def _add_model(obj: ObjectRecord, model: str) -> None:
+    if model not in obj.models:
+        obj.models.append(model)
 
 
 def _valid_boxes(pb: PhraseBoxes) -> tuple[np.ndarray, np.ndarray]:
@@ -99,44 +99,37 @@ def _valid_boxes(pb: PhraseBoxes) -> tuple[np.ndarray, np.ndarray]:
     return boxes[keep], scores[keep]
 
 
-def _best_match(box: np.ndarray, candidates: list[dict], match_iou: float) -> dict | None:
+def _best_match(box: np.ndarray, candidates: list[ObjectRecord], match_iou: float) -> ObjectRecord | None:
     """The candidate with the highest IoU > match_iou (ties -> lower id), or None."""
     if not candidates:
         return None
-    ious = box_iou(box, np.array([c["bbox"] for c in candidates], dtype=np.float64))[0]
+    ious = box_iou(box, np.array([c.bbox for c in candidates], dtype=np.float64))[0]
     best = float(ious.max())
     if not best > match_iou:
         return None
     tied = [c for c, v in zip(candidates, ious) if v == best]
-    return min(tied, key=lambda c: c["id"])
+    return min(tied, key=lambda c: c.id)
 
 
-def _new_floating(object_id: int, box: np.ndarray, score: float, label: str, model: str) -> dict:
+def _new_floating(object_id: int, box: np.ndarray, score: float, label: str, model: str) -> ObjectRecord:
     label = label.strip()
-    return {
-        "id": object_id,
-        "bbox": [round(float(v), 2) for v in box],
-        "label": label,
-        "labels": [label] if label else [],
-        "score": round(float(score), 5),  # same precision as level-1 object dicts
-        "models": [model],
-        "attributes": [],
-        "depth": None,
-        "segmentation": None,
-        "segmentation_source": None,
-    }
+    return ObjectRecord(
+        id=object_id, bbox=[round(float(v), 2) for v in box], label=label, labels=[label] if label else [],
+        score=round(float(score), 5),  # same precision as level-1 objects
+        models=[model],
+    )
 
 
 class _Grounder:
     """Mutable state of one image's grounding pass (private: the API is apply_phrase_grounding)."""
 
-    def __init__(self, objects: list[dict], floating: list[dict], match_iou: float, model: str):
-        # Deep copies: callers keep their level-1 dicts untouched (they may be reused or compared).
+    def __init__(self, objects: list[ObjectRecord], floating: list[ObjectRecord], match_iou: float, model: str):
+        # Deep copies: callers keep their level-1 objects untouched (they may be reused or compared).
         self.objects = copy.deepcopy(list(objects))
         self.floating = copy.deepcopy(list(floating))
         self.match_iou = match_iou
         self.model = model
-        ids = [int(o["id"]) for o in self.objects + self.floating]
+        ids = [int(o.id) for o in self.objects + self.floating]
         if len(ids) != len(set(ids)):
             raise ValueError("object ids must be unique across objects and floating_objects")
         self.next_id = max(ids) + 1 if ids else 0
@@ -152,20 +145,20 @@ class _Grounder:
         else:
             gained = _add_label(target, label)
             _add_model(target, self.model)
-            if gained and _distinct_label_count(target["labels"]) >= 2 and self._is_floating(target):
+            if gained and _distinct_label_count(target.labels) >= 2 and self._is_floating(target):
                 self._promote(target)
         ids = self.links.setdefault(phrase, [])
-        if target["id"] not in ids:
-            ids.append(target["id"])
+        if target.id not in ids:
+            ids.append(target.id)
         # Strictly greater: the earlier box keeps a tied best score.
         if phrase not in self.best or score > self.best[phrase][0]:
             self.best[phrase] = (score, [round(float(v), 2) for v in box])
 
-    def _is_floating(self, obj: dict) -> bool:
+    def _is_floating(self, obj: ObjectRecord) -> bool:
         return any(o is obj for o in self.floating)
 
-    def _promote(self, obj: dict) -> None:
-        # Remove by identity: dict equality could hit a look-alike object with another id.
+    def _promote(self, obj: ObjectRecord) -> None:
+        # Remove by identity: equality could hit a look-alike object with another id.
         self.floating = [o for o in self.floating if o is not obj]
         self.objects.append(obj)
 
@@ -181,8 +174,8 @@ class _Grounder:
 
 
 def apply_phrase_grounding(
-    objects: Sequence[dict],
-    floating: Sequence[dict],
+    objects: Sequence[ObjectRecord],
+    floating: Sequence[ObjectRecord],
     phrases: Sequence[PhraseBoxes],
     *,
     source_model: str,

@@ -1,6 +1,6 @@
 """The one base of every pipeline step (model, VLM, LLM, spaCy and CPU steps alike): `BatchStep`.
 
-A step gets a batch (a dict of columns), works on the rows it can (`rows`: by default those whose
+A step gets a batch (grand.runtime.columns.Batch: typed columns, decoded on use), works on the rows it can (`rows`: by default those whose
 `status` is ok) and writes its own columns. What the base adds, the same for every step:
 
 - isolation: when the batch fails, its rows are retried one by one and the rows that still fail
@@ -25,15 +25,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import hashlib
-import json
 import logging
 import os
 import random
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from grand.runtime import columns
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("grand.stages")
 
@@ -69,19 +72,17 @@ def parse_inject_crash(values) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def ok_rows(batch: dict) -> list[int]:
-    return [i for i in range(len(batch["image_id"])) if batch["status"][i] == "ok"]
+def ok_rows(batch) -> list[int]:
+    return [i for i, status in enumerate(batch["status"]) if status == "ok"]
 
 
 def record_step_time(batch: dict, step: str, seconds: float, rows: list[int]) -> None:
-    """Share a batch's busy time among its rows (column `step_seconds`, JSON {step: seconds}), so
-    the driver can report each step's images/s while the run goes on."""
-    n = len(batch["image_id"])
-    col = batch.setdefault("step_seconds", ["{}"] * n)
+    """Share a batch's busy time among its rows (column `step_seconds`, {step: seconds}), so the
+    driver can report each step's images/s while the run goes on."""
+    columns.ensure(batch, ["step_seconds"])
+    col = batch["step_seconds"]
     for i in rows:
-        times = json.loads(col[i])
-        times[step] = times.get(step, 0.0) + seconds / len(rows)
-        col[i] = json.dumps(times)
+        col[i] = {**col[i], step: col[i].get(step, 0.0) + seconds / len(rows)}
 
 
 class _Ledger:
@@ -182,9 +183,11 @@ class BatchStep(ABC):
             batch["status"][i], batch["error"][i] = "error", reason
         self.after_error(batch, i)
 
-    def __call__(self, batch: dict) -> dict:
-        batch = {k: list(v) for k, v in batch.items()}
-        n = len(batch["image_id"])
+    def __call__(self, batch) -> "pa.Table":
+        """Run this step on a batch (a pyarrow Table as Ray hands it, or a dict of column lists);
+        returns the typed Arrow table of its columns (grand.runtime.columns)."""
+        batch = columns.Batch(batch)
+        n = len(batch)
         columns.ensure(batch, self.reads + self.error_columns)
         self.init_outputs(batch, n)
         todo = self.rows(batch)
@@ -211,7 +214,7 @@ class BatchStep(ABC):
                 self._ledger.forget(key)
         if self.timed:
             record_step_time(batch, self.name, time.perf_counter() - started, todo)
-        return batch
+        return batch.to_arrow()
 
     def _run_checked(self, batch: dict, rows: list[int]) -> None:
         for i in rows:
@@ -237,15 +240,15 @@ class BatchStep(ABC):
                 self._ledger.mark_image(image_key, "done")
 
 
-def run_task_step(batch: dict, step_class: type, kwargs: dict) -> dict:
+def run_task_step(batch, step_class: type, kwargs: dict):
     """A CPU task's batch function: build the (cheap) step object and run it."""
     return step_class(**kwargs)(batch)
 
 
 class AssembleStep(BatchStep):
-    """Base of the CPU steps that write one complete record per row of their level (JSON, typed by
-    the sink), in column `record_l<level>`: error rows get their record too, and a row whose
-    assembly fails gets its error record."""
+    """Base of the CPU steps that write one complete record per row of their level (the level's
+    grand.schema row as a dict, typed as the committed Parquet), in column `record_l<level>`: error
+    rows get their record too, and a row whose assembly fails gets its error record."""
 
     def __init__(self, provenance_rows: list[dict], runtime: StepRuntime | None = None):
         super().__init__(runtime)
@@ -259,7 +262,7 @@ class AssembleStep(BatchStep):
         columns.fill(batch, self.record_column)
 
     def rows(self, batch):
-        return list(range(len(batch["image_id"])))
+        return list(range(len(batch)))
 
     def after_error(self, batch, i):
         self.run_rows(batch, [i])

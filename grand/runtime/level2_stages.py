@@ -2,15 +2,14 @@
 grounding (detector actor), then assembly of the level-2 record.
 
 They extend the level-1 row format (grand.runtime.stages): the same ids, image bytes and
-`status`/`error`, `objects` / `floating_objects` as JSON, plus one JSON/text column per result:
-`cap__<captioner>`, `landmark`, `phrases`, `grounding`. Level 2 runs either right after level 1 in
+`status`/`error`, `objects` / `floating_objects` (ObjectRecords), plus one typed column per result
+(grand.runtime.columns): `cap__<captioner>`, `landmark`, `phrases`, `grounding`. Level 2 runs either right after level 1 in
 the same pipeline or over a committed level-1 shard (read_level1_rows joins it with the images).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +18,8 @@ import numpy as np
 from grand.config import CaptionerSpec, InputSpec, PhraseGroundingSpec, PhraseSpec
 from grand.runtime import columns
 from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime
-from grand.runtime.stages import ModelStep, read_shard_rows
+from grand.runtime.stages import ModelStep, in_tables, read_shard_rows, shard_specs
+from grand.schema import Landmark
 
 CAPTION_PREFIX = "cap__"
 
@@ -29,24 +29,30 @@ def caption_column(captioner: str) -> str:
 
 
 # -- reading level 1 back ---------------------------------------------------------------------------
-def read_level1_rows(row: dict, input_cfg: InputSpec, output_uri: str) -> Iterator[dict]:
-    """flat_map step of a level-2-only run: one shard's image rows joined, by index, with its
-    committed level-1 rows. A level-1 error row stays an error row (level 2 has nothing to add)."""
+def read_level1(batch, input_cfg: InputSpec, output_uri: str):
+    """Read step of a level-2-only run: each planned shard's image rows joined, by index, with its
+    committed level-1 rows, as typed tables. A level-1 error row stays an error row (level 2 has
+    nothing to add)."""
+    for spec in shard_specs(batch):
+        yield from in_tables(read_level1_rows(spec, input_cfg, output_uri))
+
+
+def read_level1_rows(spec, input_cfg: InputSpec, output_uri: str) -> Iterator[dict]:
+    """One shard's image rows joined with its committed level-1 rows (in-step values)."""
     from grand.io.output import OutputDir
     import pyarrow.parquet as pq
 
     out = OutputDir(output_uri)
-    shard = json.loads(row["shard_spec"])["name"]
-    with out.fs.open(out.shard_path(1, shard), "rb") as f:
+    with out.fs.open(out.shard_path(1, spec.name), "rb") as f:
         level1 = {r["index"]: r for r in pq.read_table(f, columns=["index", "status", "error", "objects", "floating_objects"]).to_pylist()}
-    for img in read_shard_rows(row, input_cfg):
+    for img in read_shard_rows(spec, input_cfg):
         l1 = level1.get(img["index"])
         if l1 is None:
-            img.update(status="error", error=f"level 1: no row {img['index']} in shard {shard}", image=b"")
+            img.update(status="error", error=f"level 1: no row {img['index']} in shard {spec.name}", image=b"")
         elif l1["status"] != "ok":
             img.update(status="error", error=l1["error"] or "level 1 failed", image=b"")
-        img["objects"] = json.dumps(l1["objects"] if l1 else [])
-        img["floating_objects"] = json.dumps(l1["floating_objects"] if l1 else [])
+        img["objects"] = [columns.object_record(o) for o in l1["objects"]] if l1 else []
+        img["floating_objects"] = [columns.object_record(o) for o in l1["floating_objects"]] if l1 else []
         yield img
 
 
@@ -82,7 +88,7 @@ class CaptionStep(ModelStep):
             batch[caption_column(self.spec.name)][i] = caption
         if self.landmark is not None:
             for i, result in zip(rows, self._landmarks(imgs)):
-                batch["landmark"][i] = json.dumps(result)
+                batch["landmark"][i] = Landmark(**result)
 
     def _landmarks(self, imgs) -> list[dict]:
         from grand.core.landmark import landmark_result
@@ -122,17 +128,18 @@ class PhraseStep(BatchStep):
         for name in self.captioners:
             texts = [str(batch[caption_column(name)][i]) for i in rows]
             for i, phrases in zip(rows, self.extractor.extract_many(texts)):
-                found[i][name] = [dataclasses.asdict(p) for p in phrases]
+                found[i][name] = list(phrases)
         for i in rows:
-            batch["phrases"][i] = json.dumps(found[i])
+            batch["phrases"][i] = found[i]
 
 
-def unique_phrases(phrases_json: str) -> list[tuple[str, str]]:
-    """(phrase text, head-noun lemma) of a row, every caption's phrases, first occurrence kept."""
+def unique_phrases(phrases: dict) -> list[tuple[str, str]]:
+    """(phrase text, head-noun lemma) of a row ({captioner: [Phrase]}), every caption's phrases,
+    first occurrence kept."""
     seen: dict[str, str] = {}
-    for phrases in json.loads(phrases_json or "{}").values():
-        for p in phrases:
-            seen.setdefault(p["text"], p["head_lemma"])
+    for found in (phrases or {}).values():
+        for p in found:
+            seen.setdefault(p.text, p.head_lemma)
     return list(seen.items())
 
 
@@ -159,18 +166,16 @@ class PhraseGroundStep(ModelStep):
                 for (text, lemma), det in zip(phrases[i], per_phrase)
             ]
             res = apply_phrase_grounding(
-                json.loads(batch["objects"][i]), json.loads(batch["floating_objects"][i]), boxes,
+                batch["objects"][i], batch["floating_objects"][i], boxes,
                 match_iou=self.spec.match_iou, source_model=self.spec.name,
             )
-            batch["objects"][i] = json.dumps(res.objects)
-            batch["floating_objects"][i] = json.dumps(res.floating_objects)
-            batch["grounding"][i] = json.dumps(
-                {"links": res.links, "boxes": res.boxes, "relationships": res.relationships}
-            )
+            batch["objects"][i] = res.objects
+            batch["floating_objects"][i] = res.floating_objects
+            batch["grounding"][i] = {"links": res.links, "boxes": res.boxes, "relationships": res.relationships}
 
 
 class AssembleLevel2(AssembleStep):
-    """CPU step: one complete level-2 record per row (JSON, typed by the sink), in column `record_l2`."""
+    """CPU step: one complete level-2 record per row (grand.schema.Level2Row), in column `record_l2`."""
 
     name = role = "assemble_level2"
     level = 2
@@ -182,7 +187,7 @@ class AssembleLevel2(AssembleStep):
 
     def run_rows(self, batch, rows):
         from grand.core.grounding import caption_details
-        from grand.schema import GroundedPhrase, Landmark, Level2Row, ModelProvenance, ObjectRecord, Relationship, ShortCaption
+        from grand.schema import GroundedPhrase, Level2Row, ModelProvenance, Relationship, ShortCaption
 
         for i in rows:
             row = Level2Row(
@@ -191,16 +196,15 @@ class AssembleLevel2(AssembleStep):
                 provenance=[ModelProvenance(**p) for p in self.provenance_rows],
             )
             if batch["status"][i] == "ok":
-                grounding = json.loads(batch["grounding"][i]) or {"links": {}, "boxes": {}, "relationships": []}
-                phrases = json.loads(batch["phrases"][i])
+                grounding = batch["grounding"][i] or {"links": {}, "boxes": {}, "relationships": []}
+                phrases = batch["phrases"][i]
                 for name in self.captioners:
                     caption = str(batch[caption_column(name)][i])
-                    spans = [(p["text"], p["start"], p["end"]) for p in phrases.get(name, [])]
+                    spans = [(p.text, p.start, p.end) for p in phrases.get(name, [])]
                     details = caption_details(caption, spans, grounding["links"], grounding["boxes"])
                     row.short_captions.append(ShortCaption(name, caption, [GroundedPhrase(**d) for d in details]))
-                landmark = json.loads(batch["landmark"][i])
-                row.landmark = Landmark(**landmark) if landmark else None
+                row.landmark = batch["landmark"][i]
                 row.relationships = [Relationship(**r) for r in grounding["relationships"]]
-                row.objects = [ObjectRecord(**o) for o in json.loads(batch["objects"][i])]
-                row.floating_objects = [ObjectRecord(**o) for o in json.loads(batch["floating_objects"][i])]
-            batch["record_l2"][i] = json.dumps(dataclasses.asdict(row))
+                row.objects = batch["objects"][i]
+                row.floating_objects = batch["floating_objects"][i]
+            batch["record_l2"][i] = dataclasses.asdict(row)

@@ -3,9 +3,10 @@ chain-of-thought verification, extra context), caption grounding (spaCy actor), 
 level-3 and level-4 records.
 
 These levels need no pixels: they read the level-2 record, either computed in the same pipeline
-(column `record_l2`) or read back from a committed level-2 shard (read_level2_rows). Columns added:
-`scene_graph` (JSON of grand.schema.SceneGraph), `dense_caption` (JSON of the verified caption and
-its attempts), `details` (its grounded phrases), `context` (the level-4 paragraph), and
+(column `record_l2`, typed as the level-2 shard stores it) or read back from a committed level-2
+shard (read_level2). Columns added (grand.runtime.columns): `scene_graph` (grand.schema.SceneGraph),
+`dense_caption` (the verified grand.schema.DenseCaption and its attempts), `details` (its grounded
+phrases), `context` (the level-4 paragraph), and
 `error_l3` / `error_l4`: an LLM failure is recorded per image and level, and never touches the
 `status` of the level-2 row it came from, so levels 1-2 are never lost because of an LLM.
 """
@@ -13,37 +14,39 @@ its attempts), `details` (its grounded phrases), `context` (the level-4 paragrap
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
-from typing import Iterator
 
 from grand.config import Level3Spec, Level4Spec, LLMSpec, SceneGraphSpec
 from grand.runtime import columns
 from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime, ok_rows
-from grand.runtime.stages import load_actor_model
+from grand.runtime.stages import load_actor_model, shard_specs
+from grand.schema import LEVEL2_SCHEMA
 
 log = logging.getLogger("grand.stages")
 
 
 # -- reading level 2 back ---------------------------------------------------------------------------
-def read_level2_rows(row: dict, output_uri: str) -> Iterator[dict]:
-    """flat_map step of a run that starts at level 3 or 4: the committed level-2 rows of one shard, as
-    `record_l2` JSON (the same column a level-2 step hands on). No images are read."""
+def read_level2(batch, output_uri: str):
+    """Read step of a run that starts at level 3 or 4: the committed level-2 rows of each planned
+    shard, with the shard's rows as column `record_l2` (the same column a level-2 step hands on,
+    taken as Arrow, unparsed). No images are read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from grand.io.output import OutputDir
 
     out = OutputDir(output_uri)
-    shard = json.loads(row["shard_spec"])["name"]
-    with out.fs.open(out.shard_path(2, shard), "rb") as f:
-        records = pq.read_table(f).to_pylist()
-    for rec in records:
-        yield {
-            "image_id": rec["image_id"], "shard": rec["shard"], "index": rec["index"],
-            "status": rec["status"], "error": rec["error"] or "", "record_l2": json.dumps(rec),
-            "step_seconds": "{}",
-        }
+    for spec in shard_specs(batch):
+        with out.fs.open(out.shard_path(2, spec.name), "rb") as f:
+            table = pq.read_table(f).cast(LEVEL2_SCHEMA)
+        yield columns.Batch(pa.table({
+            "image_id": table.column("image_id"), "shard": table.column("shard"), "index": table.column("index"),
+            "status": table.column("status"), "error": pc.fill_null(table.column("error"), ""),
+            "record_l2": table.to_struct_array(),
+            "step_seconds": pa.array([{}] * table.num_rows, type=columns.column("step_seconds").arrow_type),
+        })).to_arrow()
 
 
 class KeepColumns:
@@ -57,33 +60,9 @@ class KeepColumns:
     def __init__(self, runtime: StepRuntime | None = None):
         pass  # the step signature every plan entry is built with; a projection needs no runtime
 
-    def __call__(self, batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k in self.KEEP}
-
-
-class AsStoredLevel2(BatchStep):
-    """CPU step: `record_l2` exactly as a level-2 shard stores it (float32 boxes and depths, typed by
-    the schema), so that levels 3-4 computed right after level 2 equal levels 3-4 computed later
-    from the committed shard: a depth layer or a group can hinge on the last digits of a float."""
-
-    name = role = "as_stored_level2"
-    level = 3
-
-    def rows(self, batch):
-        return list(range(len(batch["image_id"])))
-
-    def run_rows(self, batch, rows):
-        import pyarrow as pa
-
-        from grand.schema import LEVEL2_SCHEMA
-
-        records = [json.loads(batch["record_l2"][i]) for i in rows]
-        for i, rec in zip(rows, pa.Table.from_pylist(records, schema=LEVEL2_SCHEMA).to_pylist()):
-            batch["record_l2"][i] = json.dumps(rec)
-
-
-def as_stored_level2(batch: dict) -> dict:
-    return AsStoredLevel2()(batch)
+    def __call__(self, batch):
+        table = columns.to_table(batch)
+        return table.select([k for k in table.column_names if k in self.KEEP])
 
 
 # -- scene graph ------------------------------------------------------------------------------------
@@ -105,8 +84,7 @@ class SceneGraphStep(BatchStep):
         from grand.core.scene_graph import build_scene_graph
 
         for i in rows:
-            graph = build_scene_graph(json.loads(batch["record_l2"][i]), self.spec)
-            batch["scene_graph"][i] = json.dumps(dataclasses.asdict(graph))
+            batch["scene_graph"][i] = build_scene_graph(batch["record_l2"][i], self.spec)
 
 
 # -- the LLM step -----------------------------------------------------------------------------------
@@ -149,7 +127,7 @@ class LLMStep(BatchStep):
     def run_rows(self, batch: dict, rows: list[int]) -> None:
         from grand.models.base import LLMError
 
-        records = {i: json.loads(batch["record_l2"][i]) for i in rows}
+        records = {i: batch["record_l2"][i] for i in rows}
         if self.level3 is not None:  # rows whose scene graph failed have their level-3 error already
             l3_rows = [i for i in rows if not batch["error_l3"][i]]
             if l3_rows:
@@ -169,13 +147,10 @@ class LLMStep(BatchStep):
         from grand.core.dense_caption import write_verified_captions
         from grand.core.llm_prompts import dense_caption_conversation
         from grand.core.verification import scene_terms
-        from grand.schema import SceneGraph, SceneLayer
 
         conversations, terms = [], []
         for i in rows:
-            sg = json.loads(batch["scene_graph"][i])
-            graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
-            conversations.append(dense_caption_conversation(graph, self.caption_template))
+            conversations.append(dense_caption_conversation(batch["scene_graph"][i], self.caption_template))
             terms.append(scene_terms(records[i], self.level3.scene_graph.include_floating))
         outcomes = write_verified_captions(
             self.llm, conversations, terms, self.checker,
@@ -186,7 +161,7 @@ class LLMStep(BatchStep):
             if isinstance(outcome, Exception):
                 batch["error_l3"][i] = f"llm '{self.spec.name}': {outcome}"
             else:
-                batch["dense_caption"][i] = json.dumps(outcome.to_dict())
+                batch["dense_caption"][i] = outcome.to_dense_caption()
 
 
 # -- grounding the dense caption --------------------------------------------------------------------
@@ -209,13 +184,15 @@ class CaptionGroundStep(BatchStep):
         columns.fill(batch, "details")
 
     def rows(self, batch):
-        return [i for i in ok_rows(batch) if not batch["error_l3"][i] and batch["dense_caption"][i] != "null"]
+        return [i for i in ok_rows(batch) if not batch["error_l3"][i] and batch["dense_caption"][i] is not None]
 
     def run_rows(self, batch, rows):
-        captions = [json.loads(batch["dense_caption"][i])["caption"] for i in rows]
-        records = [json.loads(batch["record_l2"][i]) for i in rows]
+        from grand.schema import GroundedPhrase
+
+        captions = [batch["dense_caption"][i].caption for i in rows]
+        records = [batch["record_l2"][i] for i in rows]
         for i, found in zip(rows, self.grounder.ground(captions, records)):
-            batch["details"][i] = json.dumps(found)
+            batch["details"][i] = [GroundedPhrase(**d) for d in found]
 
 
 # -- assembly ---------------------------------------------------------------------------------------
@@ -228,36 +205,30 @@ def _level_status(batch: dict, i: int, error_col: str) -> tuple[str, str | None]
 
 
 class AssembleLevel3(AssembleStep):
-    """CPU step: one complete level-3 record per row (JSON, typed by the sink), in column `record_l3`."""
+    """CPU step: one complete level-3 record per row (grand.schema.Level3Row), in column `record_l3`."""
 
     name = role = "assemble_level3"
     level = 3
     error_columns = ("error_l3",)
 
     def run_rows(self, batch, rows):
-        from grand.schema import (
-            CaptionAttempt, DenseCaption, GroundedPhrase, Level3Row, ModelProvenance, SceneGraph, SceneLayer,
-        )
+        from grand.schema import DenseCaption, Level3Row, ModelProvenance
 
         for i in rows:
             status, error = _level_status(batch, i, "error_l3")
             row = Level3Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
                             status=status, error=error, provenance=[ModelProvenance(**p) for p in self.provenance_rows])
-            sg = json.loads(batch["scene_graph"][i]) if batch["status"][i] == "ok" else None
-            if sg:
-                row.scene_graph = SceneGraph(layers=[SceneLayer(**layer) for layer in sg["layers"]], text=sg["text"])
+            if batch["status"][i] == "ok":
+                row.scene_graph = batch["scene_graph"][i]
             if status == "ok":
-                dc = json.loads(batch["dense_caption"][i])
-                row.dense_caption = DenseCaption(
-                    caption=dc["caption"], verified=bool(dc["verified"]),
-                    details=[GroundedPhrase(**d) for d in json.loads(batch["details"][i])],
-                    attempts=[CaptionAttempt(**a) for a in dc["attempts"]],
-                )
-            batch["record_l3"][i] = json.dumps(dataclasses.asdict(row))
+                dc = batch["dense_caption"][i]
+                row.dense_caption = DenseCaption(caption=dc.caption, verified=bool(dc.verified),
+                                                 details=batch["details"][i], attempts=dc.attempts)
+            batch["record_l3"][i] = dataclasses.asdict(row)
 
 
 class AssembleLevel4(AssembleStep):
-    """CPU step: one complete level-4 record per row (JSON, typed by the sink), in column `record_l4`."""
+    """CPU step: one complete level-4 record per row (grand.schema.Level4Row), in column `record_l4`."""
 
     name = role = "assemble_level4"
     level = 4
@@ -271,4 +242,4 @@ class AssembleLevel4(AssembleStep):
             row = Level4Row(image_id=str(batch["image_id"][i]), shard=str(batch["shard"][i]), index=int(batch["index"][i]),
                             status=status, error=error, provenance=[ModelProvenance(**p) for p in self.provenance_rows],
                             additional_context=str(batch["context"][i]) if status == "ok" else None)
-            batch["record_l4"][i] = json.dumps(dataclasses.asdict(row))
+            batch["record_l4"][i] = dataclasses.asdict(row)

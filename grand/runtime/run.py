@@ -298,7 +298,9 @@ def _run_pass(cfg, out, manifest, p: Pass, opts, runtime: StepRuntime, resolved,
     try:
         ds = build_dataset(cfg, p.shards, p.levels, runtime, resolved)
         memory = _PeakRSS()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            # typed Arrow columns (grand.runtime.columns): record_l<N> is the level's row as its shard stores it
+            batch = {name: block.column(name).to_pylist() for name in block.column_names}
             if summary.first_row_s is None:
                 summary.first_row_s, summary.first_rows = time.monotonic() - start, len(batch["shard"])
             summary.last_row_s = time.monotonic() - start
@@ -306,12 +308,12 @@ def _run_pass(cfg, out, manifest, p: Pass, opts, runtime: StepRuntime, resolved,
             summary.peak_rss_gib = max(summary.peak_rss_gib or 0.0, memory.peak / 2**30) or None
             for k in range(len(batch["shard"])):
                 shard, index = str(batch["shard"][k]), int(batch["index"][k])
-                recs = {lv: json.loads(batch[f"record_l{lv}"][k]) for lv in p.levels}
+                recs = {lv: batch[f"record_l{lv}"][k] for lv in p.levels}
                 # every level's sink gets the row; the first copy of a retried row wins
                 fresh = [sinks[lv].add(shard, index, recs[lv]) for lv in p.levels]
                 if not fresh[-1]:
                     continue
-                progress.add_step_times(json.loads(batch["step_seconds"][k]))
+                progress.add_step_times(dict(batch["step_seconds"][k]))
                 images += 1
                 summary.images += 1
                 if recs[last]["status"] == "ok":

@@ -1,10 +1,11 @@
 """Level-1 pipeline steps as batch steps (what each step does to a batch; grand.runtime.steps says
 in which order and where they run, grand.runtime.batch is the base they share).
 
-Rows travel between steps with plain columns: ids, the prepared image bytes, `status`/`error`, and
-one JSON string column per result (`tags`, `det__<model>`, `objects`, ...). JSON keeps every block's
-Arrow schema identical whatever an image contains (empty lists included); the sink turns it into
-the typed output schema (grand.schema) once, at the end.
+Rows travel between steps as typed Arrow columns, declared once in grand.runtime.columns: ids, the
+prepared image bytes, `status`/`error`, and one column per result (`tags`, `det__<model>`,
+`objects`, ...). Inside a step, objects are grand.schema.ObjectRecord and detections
+grand.core.detections.Detections; each step hands on an Arrow table of the declared types, so every
+block has the same schema whatever an image contains (empty lists included).
 
 Every model step is a callable class run by an actor pool: the model loads once per actor. No step
 lets one image stop a batch (grand.runtime.batch.BatchStep): when a batch fails, its images are
@@ -35,6 +36,7 @@ from grand.config import (
     VotingSpec,
 )
 from grand.core.detections import Detections
+from grand.schema import DepthStats, ObjectRecord
 from grand.runtime import columns
 from grand.runtime.batch import AssembleStep, BatchStep, StepRuntime, record_step_time  # noqa: F401  (record_step_time: re-export)
 
@@ -48,12 +50,40 @@ def detection_column(model_name: str) -> str:
 
 
 # -- reading and preparing ------------------------------------------------------------------------
-def read_shard_rows(row: dict, input_cfg: InputSpec) -> Iterator[dict]:
-    """flat_map step: one planned shard -> its image rows (exactly `num_images`, error rows included).
-    A generator, so that a multi-GB SA-1B tar streams through in blocks instead of one list."""
-    from grand.io.sources import ShardSpec, read_shard
+READ_BLOCK_ROWS = 16  # rows per table a read step yields (Ray merges them into blocks)
 
-    spec = ShardSpec.from_dict(json.loads(row["shard_spec"]))
+
+def shard_specs(batch) -> list:
+    """The planned shards of a read step's input batch (rows {"shard_spec": JSON of a ShardSpec})."""
+    from grand.io.sources import ShardSpec
+
+    specs = batch.column("shard_spec").to_pylist() if hasattr(batch, "column") else list(batch["shard_spec"])
+    return [ShardSpec.from_dict(json.loads(s)) for s in specs]
+
+
+def in_tables(rows: Iterator[dict], size: int = READ_BLOCK_ROWS):
+    """Typed tables of `size` rows from a stream of row dicts (in-step values)."""
+    chunk: list[dict] = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield columns.to_table({k: [c[k] for c in chunk] for k in chunk[0]})
+            chunk = []
+    if chunk:
+        yield columns.to_table({k: [c[k] for c in chunk] for k in chunk[0]})
+
+
+def read_images(batch, input_cfg: InputSpec):
+    """Read step of level 1: planned shards -> typed tables of their image rows. A generator, so that
+    a multi-GB SA-1B tar streams through in blocks instead of one list."""
+    for spec in shard_specs(batch):
+        yield from in_tables(read_shard_rows(spec, input_cfg))
+
+
+def read_shard_rows(spec, input_cfg: InputSpec) -> Iterator[dict]:
+    """One planned shard -> its image rows (exactly `num_images`, error rows included)."""
+    from grand.io.sources import read_shard
+
     for img in read_shard(spec, input_cfg):
         yield {
             "image_id": img.image_id,
@@ -66,11 +96,11 @@ def read_shard_rows(row: dict, input_cfg: InputSpec) -> Iterator[dict]:
             "error": img.error or "",
             "width": 0,
             "height": 0,
-            "step_seconds": "{}",
+            "step_seconds": {},
         }
 
 
-def prepare_images(batch: dict, max_pixels: int) -> dict:
+def prepare_images(batch, max_pixels: int):
     """Decode and validate every image once; bad ones become error rows with the reason."""
     return DecodeStep(max_pixels)(batch)
 
@@ -148,21 +178,20 @@ class TagStep(ModelStep):
     def run(self, batch, rows, images):
         results = self.model.tag([images[i] for i in rows])
         for i, tags in zip(rows, results):
-            merged = json.loads(batch["tags"][i]) + [[t, float(s), self.spec.name] for t, s in tags]
-            batch["tags"][i] = json.dumps(merged)
+            batch["tags"][i] = batch["tags"][i] + [(t, float(s), self.spec.name) for t, s in tags]
 
 
-def best_tag_scores(tags_json: str) -> dict[str, float]:
-    """The union of all taggers' tags of a row: tag -> its best score, best first."""
+def best_tag_scores(tags: list[tuple[str, float, str]]) -> dict[str, float]:
+    """The union of all taggers' (tag, score, model) of a row: tag -> its best score, best first."""
     best: dict[str, float] = {}
-    for tag, score, _model in json.loads(tags_json or "[]"):
+    for tag, score, _model in tags or ():
         best[tag] = max(score, best.get(tag, -1.0))
     return {t: best[t] for t in sorted(best, key=lambda t: (-best[t], t))}
 
 
-def tag_names(tags_json: str) -> list[str]:
+def tag_names(tags: list[tuple[str, float, str]]) -> list[str]:
     """Unique tag texts of a row, best score first."""
-    return list(best_tag_scores(tags_json))
+    return list(best_tag_scores(tags))
 
 
 class DetectStep(ModelStep):
@@ -171,8 +200,7 @@ class DetectStep(ModelStep):
     spec: DetectorSpec
 
     def init_outputs(self, batch, n):
-        col = detection_column(self.spec.name)
-        batch[col] = [json.dumps(Detections.empty(self.spec.name).to_dict())] * n
+        batch[detection_column(self.spec.name)] = [Detections.empty(self.spec.name) for _ in range(n)]
 
     def run(self, batch, rows, images):
         queries = None
@@ -182,7 +210,7 @@ class DetectStep(ModelStep):
         col = detection_column(self.spec.name)
         for i, det in zip(rows, results):
             det.model = self.spec.name
-            batch[col][i] = json.dumps(det.to_dict())
+            batch[col][i] = det
 
 
 class VoteStep(BatchStep):
@@ -202,40 +230,24 @@ class VoteStep(BatchStep):
         from grand.core.voting import vote_detections
 
         for i in rows:
-            per_model = {
-                d.name: Detections.from_dict(json.loads(batch[detection_column(d.name)][i])) for d in self.detectors
-            }
+            per_model = {d.name: batch[detection_column(d.name)][i] for d in self.detectors}
             result = vote_detections(per_model, self.detectors, self.voting)
-            records = [_object_dict(k, o) for k, o in enumerate(result.objects + result.floating_objects)]
-            batch["objects"][i] = json.dumps(records[: len(result.objects)])
-            batch["floating_objects"][i] = json.dumps(records[len(result.objects):])
+            records = [_object_record(k, o) for k, o in enumerate(result.objects + result.floating_objects)]
+            batch["objects"][i] = records[: len(result.objects)]
+            batch["floating_objects"][i] = records[len(result.objects):]
 
 
-def _object_dict(object_id: int, obj) -> dict:
-    return {
-        "id": object_id,
-        "bbox": [round(float(v), 2) for v in obj.bbox],
-        "label": obj.label,
-        "labels": list(obj.labels),
-        "score": round(float(obj.score), 5),
-        "models": list(obj.models),
-        "attributes": list(obj.attributes),
-    }
+def _object_record(object_id: int, obj) -> ObjectRecord:
+    return ObjectRecord(
+        id=object_id, bbox=[round(float(v), 2) for v in obj.bbox], label=obj.label, labels=list(obj.labels),
+        score=round(float(obj.score), 5), models=list(obj.models), attributes=list(obj.attributes),
+    )
 
 
-REGION_COLUMNS = ("objects", "floating_objects")
-
-
-def load_regions(batch: dict, rows: list[int]) -> dict[int, dict[str, list[dict]]]:
-    """Row -> {"objects": [...], "floating_objects": [...]} decoded from the JSON columns."""
-    return {i: {c: json.loads(batch[c][i]) for c in REGION_COLUMNS} for i in rows}
-
-
-def store_regions(batch: dict, regions: dict[int, dict[str, list[dict]]]) -> None:
-    """Write `load_regions`' (edited) lists back into the batch's JSON columns."""
-    for i, cols in regions.items():
-        for c, objs in cols.items():
-            batch[c][i] = json.dumps(objs)
+def detections_of_row(batch, i: int, skip: str | None = None) -> dict[str, Detections]:
+    """Model name -> Detections of every detection column of row i (but `skip`'s)."""
+    return {c[len(DETECTION_PREFIX):]: batch[c][i] for c in batch
+            if c.startswith(DETECTION_PREFIX) and c != skip and batch[c][i] is not None}
 
 
 class SegmentStep(ModelStep):
@@ -251,33 +263,29 @@ class SegmentStep(ModelStep):
         from grand.io.sa1b import parse_sa1b_sidecar
 
         todo_rows, todo_boxes, todo_targets = [], [], []
-        parsed = load_regions(batch, rows)
         for i in rows:
-            objs, floats = parsed[i]["objects"], parsed[i]["floating_objects"]
-            targets = [o for o in objs + (floats if self.spec.segment_floating else []) if not o.get("segmentation")]
+            objs, floats = batch["objects"][i], batch["floating_objects"][i]
+            targets = [o for o in objs + (floats if self.spec.segment_floating else []) if not o.segmentation]
             gt = parse_sa1b_sidecar(batch["sidecar"][i]) if batch["sidecar"][i] else []
             if gt and targets:
-                boxes = np.array([o["bbox"] for o in targets], np.float32)
+                boxes = np.array([o.bbox for o in targets], np.float32)
                 match = best_box_matches(boxes, np.array([g["bbox_xyxy"] for g in gt], np.float32), self.spec.gt_match_iou)
                 for o, m in zip(targets, match):
                     if m >= 0:
-                        o["segmentation"], o["segmentation_source"] = gt[m]["segmentation"], "sa1b_gt"
+                        o.segmentation, o.segmentation_source = columns.rle(gt[m]["segmentation"]), "sa1b_gt"
             if self.spec.detector_masks and targets:  # masks detectors predicted (detectron2), before SAM
                 from grand.core.detections import assign_detector_masks
 
-                per_model = {c[len(DETECTION_PREFIX):]: Detections.from_dict(json.loads(batch[c][i]))
-                             for c in batch if c.startswith(DETECTION_PREFIX)}
-                assign_detector_masks(targets, per_model, self.spec.gt_match_iou)
-            rest = [o for o in targets if not o.get("segmentation")]
+                assign_detector_masks(targets, detections_of_row(batch, i), self.spec.gt_match_iou)
+            rest = [o for o in targets if not o.segmentation]
             if rest:  # an image with nothing to mask never costs an image embedding
                 todo_rows.append(i)
-                todo_boxes.append(np.array([o["bbox"] for o in rest], np.float32).reshape(-1, 4))
+                todo_boxes.append(np.array([o.bbox for o in rest], np.float32).reshape(-1, 4))
                 todo_targets.append(rest)
         masks = self.model.segment([images[i] for i in todo_rows], todo_boxes) if todo_rows else []
         for rest, m in zip(todo_targets, masks):
             for o, rle in zip(rest, encode_masks(np.asarray(m, dtype=bool))):
-                o["segmentation"], o["segmentation_source"] = rle, self.spec.name
-        store_regions(batch, parsed)
+                o.segmentation, o.segmentation_source = columns.rle(rle), self.spec.name
 
 
 class DepthStep(ModelStep):
@@ -293,18 +301,17 @@ class DepthStep(ModelStep):
         maps = self.model.estimate([images[i] for i in rows])
         for i, depth in zip(rows, maps):
             for col in ("objects", "floating_objects"):
-                objs = json.loads(batch[col][i])
+                objs = batch[col][i]
                 if objs:
-                    values = object_depths(depth, np.array([o["bbox"] for o in objs], np.float32))
+                    values = object_depths(depth, np.array([o.bbox for o in objs], np.float32))
                     for o, v in zip(objs, values):
-                        o["depth"] = float(v) if np.isfinite(v) else None
-                    batch[col][i] = json.dumps(objs)
-            stats = depth_stats(depth)
+                        o.depth = float(v) if np.isfinite(v) else None
+            stats = DepthStats(**depth_stats(depth))
             if self.spec.store_map:
                 from grand.core.depth import encode_depth_map
 
-                stats["map_png"] = encode_depth_map(depth, stats["min"], stats["max"], self.spec.map_max_side)
-            batch["depth_stats"][i] = json.dumps(stats)
+                stats.map_png = encode_depth_map(depth, stats.min, stats.max, self.spec.map_max_side)
+            batch["depth_stats"][i] = stats
 
 
 class LabelChoiceStep(ModelStep):
@@ -318,20 +325,17 @@ class LabelChoiceStep(ModelStep):
         from grand.core.attributes import choose_label, crop_box, label_candidates
 
         crops, candidates, owners = [], [], []
-        parsed = load_regions(batch, rows)
         for i in rows:
             img = images[i]
-            for objs in parsed[i].values():
-                for o in objs:
-                    cands = label_candidates(o)
-                    if len(cands) > 1:
-                        crops.append(img.crop(crop_box(o["bbox"], img.width, img.height, margin=0.0)))
-                        candidates.append(cands)
-                        owners.append(o)
+            for o in batch["objects"][i] + batch["floating_objects"][i]:
+                cands = label_candidates(o)
+                if len(cands) > 1:
+                    crops.append(img.crop(crop_box(o.bbox, img.width, img.height, margin=0.0)))
+                    candidates.append(cands)
+                    owners.append(o)
         if crops:
             for o, cands, scores in zip(owners, candidates, self.model.score_labels(crops, candidates)):
-                o["label"] = choose_label(cands, scores)
-        store_regions(batch, parsed)
+                o.label = choose_label(cands, scores)
 
 
 class AttributeStep(ModelStep):
@@ -353,19 +357,17 @@ class AttributeStep(ModelStep):
 
         s = self.spec
         crops, owners = [], []
-        parsed = load_regions(batch, rows)
         for i in rows:
             img = images[i]
-            objs = parsed[i]["objects"] + (parsed[i]["floating_objects"] if s.include_floating else [])
+            objs = batch["objects"][i] + (batch["floating_objects"][i] if s.include_floating else [])
             for k in objects_to_describe(objs, img.width, img.height, s.min_area_fraction, s.max_objects):
-                crops.append(img.crop(crop_box(objs[k]["bbox"], img.width, img.height, s.context_margin)))
+                crops.append(img.crop(crop_box(objs[k].bbox, img.width, img.height, s.context_margin)))
                 owners.append(objs[k])
         if crops:
             for o, text in zip(owners, self.model.generate(crops, [self.prompt] * len(crops))):
                 desc = clean_description(text)
-                if desc and desc not in o["attributes"]:
-                    o["attributes"] = [*o["attributes"], desc]
-        store_regions(batch, parsed)
+                if desc and desc not in o.attributes:
+                    o.attributes = [*o.attributes, desc]
 
 
 class Sa1bGtStep(ModelStep):
@@ -382,7 +384,7 @@ class Sa1bGtStep(ModelStep):
         self.vocabulary = read_vocabulary(spec, Path(base_dir) if base_dir else None)
 
     def init_outputs(self, batch, n):
-        batch[detection_column(self.spec.name)] = [json.dumps(Detections.empty(self.spec.name).to_dict())] * n
+        batch[detection_column(self.spec.name)] = [Detections.empty(self.spec.name) for _ in range(n)]
 
     def run(self, batch, rows, images):
         from grand.core.attributes import crop_box
@@ -395,29 +397,26 @@ class Sa1bGtStep(ModelStep):
             if not gt:
                 continue
             img = images[i]
-            found = [Detections.from_dict(json.loads(batch[c][i])) for c in batch if c.startswith(DETECTION_PREFIX) and c != own]
+            found = list(detections_of_row(batch, i, skip=own).values())
             picked = unclaimed_gt_boxes(gt, img.width, img.height, found, self.spec)
             boxes = np.array([gt[k]["bbox_xyxy"] for k in picked], np.float32).reshape(-1, 4)
             crops = [img.crop(crop_box(b, img.width, img.height, self.spec.context_margin)) for b in boxes]
             scores = self.model.score_labels(crops, [self.vocabulary] * len(crops)) if crops else []
-            batch[own][i] = json.dumps(classified_detections(boxes, scores, self.vocabulary, self.spec.name).to_dict())
+            batch[own][i] = classified_detections(boxes, scores, self.vocabulary, self.spec.name)
 
 
 class AssembleLevel1(AssembleStep):
-    """CPU step: one complete level-1 record per row (JSON, typed by the sink), in column `record_l1`."""
+    """CPU step: one complete level-1 record per row (grand.schema.Level1Row), in column `record_l1`."""
 
     name = role = "assemble_level1"
     reads = ("tags", "depth_stats")
 
     def run_rows(self, batch, rows):
-        from grand.schema import DepthStats, Level1Row, ModelProvenance, ObjectRecord
+        from grand.schema import Level1Row, ModelProvenance
 
         for i in rows:
             ok = batch["status"][i] == "ok"
             best = best_tag_scores(batch["tags"][i]) if ok else {}
-            objects = json.loads(batch["objects"][i]) if ok else []
-            floating = json.loads(batch["floating_objects"][i]) if ok else []
-            depth = json.loads(batch["depth_stats"][i]) if ok else None
             row = Level1Row(
                 image_id=str(batch["image_id"][i]),
                 source=str(batch["source"][i]),
@@ -429,9 +428,9 @@ class AssembleLevel1(AssembleStep):
                 height=int(batch["height"][i]) or None,
                 tags=list(best),
                 tag_scores=[round(float(s), 5) for s in best.values()],
-                objects=[ObjectRecord(**o) for o in objects],
-                floating_objects=[ObjectRecord(**o) for o in floating],
-                depth_stats=DepthStats(**depth) if depth else None,
+                objects=batch["objects"][i] if ok else [],
+                floating_objects=batch["floating_objects"][i] if ok else [],
+                depth_stats=batch["depth_stats"][i] if ok else None,
                 provenance=[ModelProvenance(**p) for p in self.provenance_rows],
             )
-            batch["record_l1"][i] = json.dumps(dataclasses.asdict(row))
+            batch["record_l1"][i] = dataclasses.asdict(row)

@@ -32,8 +32,8 @@ class Step:
     name: str  # unique within its level: the model's name, or the CPU step's own name
     role: str  # tagger, detector, vote, ... (what the step does)
     level: int
-    kind: str  # "read" (flat_map over planned shards), "task" (CPU task), "actor" (actor pool)
-    fn: Any  # a BatchStep class (task / actor) or a generator function (read)
+    kind: str  # "read" (planned shards -> image rows), "task" (CPU task), "actor" (actor pool)
+    fn: Any  # a BatchStep class (task / actor) or a generator function of typed tables (read)
     kwargs: dict = field(default_factory=dict)  # constructor arguments (read: the function's)
     batch_size: int | None = None
     num_cpus: float = 0.25
@@ -181,12 +181,12 @@ def read_step(cfg: PipelineConfig, start: int) -> Step:
 
     cpu = cfg.runtime.cpu_task_num_cpus
     if start == 1:
-        return Step("read_images", "read", 1, "read", stages.read_shard_rows, {"input_cfg": cfg.input}, num_cpus=cpu,
+        return Step("read_images", "read", 1, "read", stages.read_images, {"input_cfg": cfg.input}, num_cpus=cpu,
                     adds=("image_id", "source", "shard", "index", "image", "sidecar", "status", "error"))
     if start == 2:
-        return Step("read_level1", "read", 2, "read", level2_stages.read_level1_rows, {"input_cfg": cfg.input},
+        return Step("read_level1", "read", 2, "read", level2_stages.read_level1, {"input_cfg": cfg.input},
                     num_cpus=cpu, adds=("image_id", "shard", "index", "image", "status", "error", "objects", "floating_objects"))
-    return Step("read_level2", "read", start, "read", level34_stages.read_level2_rows, {}, num_cpus=cpu,
+    return Step("read_level2", "read", start, "read", level34_stages.read_level2, {}, num_cpus=cpu,
                 adds=("image_id", "shard", "index", "status", "error", "record_l2"))
 
 
@@ -206,9 +206,9 @@ def plan(cfg: PipelineConfig, levels: tuple[int, ...] = (1,)) -> list[Step]:
         steps += _level2(cfg)
     if 3 in levels or 4 in levels:
         first = 3 if 3 in levels else 4
+        # record_l2 is typed as the level-2 shard stores it (float32, grand.runtime.columns): levels
+        # 3-4 read the same values whether level 2 ran just before them or in an earlier run
         steps.append(_cpu_step(cfg, first, s34.KeepColumns))
-        if 2 in levels:  # just computed: make it what the level-2 shard holds (float32), as a later run reads it
-            steps.append(_cpu_step(cfg, first, s34.AsStoredLevel2, reads=("record_l2",)))
         if 3 in levels:
             steps.append(_cpu_step(cfg, 3, s34.SceneGraphStep, reads=("record_l2",), adds=("scene_graph",),
                                    spec=cfg.level3.scene_graph))
@@ -238,13 +238,16 @@ class ColocatedSteps:
     def __init__(self, members: list[tuple[type, dict, int]], runtime: StepRuntime | None = None):
         self.members = [(cls(**kwargs, runtime=runtime), batch_size) for cls, kwargs, batch_size in members]
 
-    def __call__(self, batch: dict) -> dict:
-        batch = {k: list(v) for k, v in batch.items()}
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from grand.runtime.columns import to_table
+
+        table = to_table(batch)
         for step, size in self.members:
-            n = len(batch["image_id"])
-            parts = [step({k: v[a:a + size] for k, v in batch.items()}) for a in range(0, n, size)]
-            batch = {k: [x for p in parts for x in p[k]] for k in parts[0]} if parts else batch
-        return batch
+            parts = [step(table.slice(a, size)) for a in range(0, table.num_rows, size)]
+            table = pa.concat_tables(parts) if parts else table
+        return table
 
 
 def _group(members: list[Step]) -> Step:
@@ -322,8 +325,11 @@ def apply_step(ds, step: Step, runtime: StepRuntime, max_restarts: int):
         kwargs = dict(step.kwargs)
         if step.level > 1:
             kwargs["output_uri"] = runtime.output_uri
-        return ds.flat_map(step.fn, fn_kwargs=kwargs, num_cpus=step.num_cpus)
-    options: dict = dict(batch_size=step.batch_size, batch_format="numpy", num_cpus=step.num_cpus)
+        # one planned shard per call; the generator yields typed tables as it reads (a multi-GB tar
+        # streams through instead of becoming one block)
+        return ds.map_batches(step.fn, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow", num_cpus=step.num_cpus)
+    # typed Arrow in and out (grand.runtime.columns): a step decodes only the columns it uses
+    options: dict = dict(batch_size=step.batch_size, batch_format="pyarrow", num_cpus=step.num_cpus)
     if step.kind == "task":
         # a task whose process died is retried a bounded number of times (the poison ledger
         # isolates the image that kills it)
@@ -368,7 +374,7 @@ def build_dataset(cfg: PipelineConfig, shards, levels: tuple[int, ...] = (1,), r
     if levels[0] > 1 and runtime.output_uri is None:
         raise ValueError(f"a pipeline starting at level {levels[0]} reads the level below from runtime.output_uri")
     resolved = resolved if resolved is not None else resolve_checkpoints(cfg, levels)
-    items = [{"shard_spec": json.dumps(s.to_dict())} for s in shards]
+    items = [{"shard_spec": json.dumps(s.to_dict())} for s in shards]  # the plan file's own form of a shard
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     for step in operators(cfg, levels):
         ds = apply_step(ds, _resolved(step, resolved), runtime, cfg.runtime.max_actor_restarts)
@@ -434,18 +440,20 @@ class LocalRun:
         self.read, self.steps = steps[0], steps[1:]
         self.members = [(ColocatedSteps([(s.fn, s.kwargs, s.batch_size or 1)], self.runtime)) for s in self.steps]
 
-    def rows(self, shards) -> list[dict]:
-        """Every row the read step yields for `shards` (grand.io.sources.ShardSpec)."""
+    def rows(self, shards):
+        """Every row the read step yields for `shards` (grand.io.sources.ShardSpec), as one typed table."""
         import json
+
+        import pyarrow as pa
 
         kwargs = dict(self.read.kwargs)
         if self.read.level > 1:
             kwargs["output_uri"] = self.runtime.output_uri
-        return [r for s in shards for r in self.read.fn({"shard_spec": json.dumps(s.to_dict())}, **kwargs)]
+        return pa.concat_tables([t for s in shards for t in self.read.fn({"shard_spec": [json.dumps(s.to_dict())]}, **kwargs)])
 
-    def __call__(self, rows: list[dict]) -> dict:
-        """One batch of read rows through every step; returns the batch's columns."""
-        batch = {k: [r[k] for r in rows] for k in rows[0]}
+    def __call__(self, rows):
+        """One batch of read rows (a slice of `rows()`) through every step; returns its typed table."""
+        batch = rows
         for step in self.members:
             batch = step(batch)
         return batch
