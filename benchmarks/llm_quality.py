@@ -29,6 +29,7 @@ Prints Markdown tables for docs/benchmarks.md; --json writes the raw numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def run_levels34(cfg, records: list[dict], batch_size: int | None = None) -> tup
     """(dense caption dict, extra context) per record from the pipeline's own steps, batch_size
     images per step call (default: the LLM's batch_size), and the seconds the LLM step took (engine
     start excluded)."""
-    from grand.runtime.level34_stages import LLMStep, scene_graph_step
+    from grand.runtime.columns import Batch
+    from grand.runtime.level34_stages import LLMStep, SceneGraphStep
 
     step = LLMStep(cfg.level3.llm, cfg.level3, cfg.level4, base_dir=str(cfg.base_dir))
     size = batch_size or cfg.level3.llm.batch_size
@@ -75,15 +77,15 @@ def run_levels34(cfg, records: list[dict], batch_size: int | None = None) -> tup
     for start in range(0, len(records), size):
         chunk = records[start:start + size]
         batch = {"image_id": [r["image_id"] for r in chunk], "status": ["ok"] * len(chunk), "error": [""] * len(chunk),
-                 "record_l2": [json.dumps(r) for r in chunk]}
-        batch = scene_graph_step(batch, cfg.level3.scene_graph)
+                 "shard": ["bench"] * len(chunk), "index": list(range(len(chunk))), "record_l2": chunk}
+        batch = SceneGraphStep(cfg.level3.scene_graph)(batch)
         t = time.perf_counter()
-        batch = step(batch)
+        batch = Batch(step(batch))
         seconds += time.perf_counter() - t
         for i in range(len(chunk)):
             if batch["error_l3"][i] or batch["error_l4"][i]:
                 raise RuntimeError(f"{chunk[i]['image_id']}: {batch['error_l3'][i] or batch['error_l4'][i]}")
-            captions.append(json.loads(batch["dense_caption"][i]))
+            captions.append(dataclasses.asdict(batch["dense_caption"][i]))
             contexts.append(batch["context"][i])
         print(f"  levels 3-4: {start + len(chunk)}/{len(records)} images, {seconds:.0f}s", flush=True)
     return captions, contexts, seconds

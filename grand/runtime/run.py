@@ -282,6 +282,22 @@ def _run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     return summary
 
 
+def take_block(block, sinks: dict[int, ShardSink], levels: tuple[int, ...]) -> list[tuple[bool, str, str | None, dict]]:
+    """The driver's commit path for one block of finished rows: every level's sink gets the rows (the
+    first copy of a retried row wins; a shard commits when complete). `record_l<N>` is each level's
+    row as its shard stores it, built as Arrow in the workers (grand.runtime.columns): the sinks take
+    it as it is, and only ids, the last level's status and error, and timings are read. Returns,
+    per row, (fresh, status, error, step seconds)."""
+    import pyarrow.compute as pc
+
+    shards, indices = block.column("shard").to_pylist(), block.column("index").to_pylist()
+    fresh = [sinks[lv].add_arrow(shards, indices, block.column(f"record_l{lv}")) for lv in levels][-1]
+    last = block.column(f"record_l{levels[-1]}")
+    statuses, errors = pc.struct_field(last, "status").to_pylist(), pc.struct_field(last, "error").to_pylist()
+    times = [dict(t) for t in block.column("step_seconds").to_pylist()]
+    return list(zip(fresh, statuses, errors, times))
+
+
 def _run_pass(cfg, out, manifest, p: Pass, opts, runtime: StepRuntime, resolved, summary, reasons, step_rates,
               start) -> None:
     """Stream one pass and commit each of its shards at every level it computes. A row counts as ok
@@ -299,29 +315,24 @@ def _run_pass(cfg, out, manifest, p: Pass, opts, runtime: StepRuntime, resolved,
         ds = build_dataset(cfg, p.shards, p.levels, runtime, resolved)
         memory = _PeakRSS()
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            # typed Arrow columns (grand.runtime.columns): record_l<N> is the level's row as its shard stores it
-            batch = {name: block.column(name).to_pylist() for name in block.column_names}
             if summary.first_row_s is None:
-                summary.first_row_s, summary.first_rows = time.monotonic() - start, len(batch["shard"])
+                summary.first_row_s, summary.first_rows = time.monotonic() - start, block.num_rows
             summary.last_row_s = time.monotonic() - start
             memory.sample()
             summary.peak_rss_gib = max(summary.peak_rss_gib or 0.0, memory.peak / 2**30) or None
-            for k in range(len(batch["shard"])):
-                shard, index = str(batch["shard"][k]), int(batch["index"][k])
-                recs = {lv: batch[f"record_l{lv}"][k] for lv in p.levels}
-                # every level's sink gets the row; the first copy of a retried row wins
-                fresh = [sinks[lv].add(shard, index, recs[lv]) for lv in p.levels]
-                if not fresh[-1]:
+            rows = take_block(block, sinks, p.levels)
+            for fresh, status, error, times in rows:
+                if not fresh:
                     continue
-                progress.add_step_times(dict(batch["step_seconds"][k]))
+                progress.add_step_times(times)
                 images += 1
                 summary.images += 1
-                if recs[last]["status"] == "ok":
+                if status == "ok":
                     summary.ok += 1
                 else:
                     errors += 1
                     summary.errors += 1
-                    reasons[error_reason(recs[last]["error"] or "")] += 1
+                    reasons[error_reason(error or "")] += 1
             progress.update(images, errors, len(sinks[last].committed))
         missing = sinks[last].incomplete()
         if missing:
