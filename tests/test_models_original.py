@@ -269,12 +269,14 @@ def test_groundingdino_matches_transformers_grounding_dino_on_the_same_weights(g
     from groundingdino.util.utils import get_phrases_from_posmap
 
     from grand.models.gdino_original import _caption
-    from grand.models.groundingdino_convert import to_transformers
     from grand.models.hf_open_vocab import authors_size
     from grand.models.preprocess import pad_to_aspect
 
-    hf_dir = to_transformers(tiny("sa-groundingdino"), tmp_path / "hf-gdino",
-                             image_size=_GD_OPTS["image_size"], max_size=_GD_OPTS["max_size"])
+    from grand.cli.main import main
+
+    hf_dir = tmp_path / "hf-gdino"  # converted as a user does
+    assert main(["models", "convert", "groundingdino", str(tiny("sa-groundingdino")), str(hf_dir),
+                 "--image-size", str(_GD_OPTS["image_size"]), "--max-size", str(_GD_OPTS["max_size"])]) == 0
     converted = build_model(DetectorSpec(name="gdino", checkpoint=str(hf_dir), queries="tags"))
     queries = ["person", "red car", "traffic light", "dog", "cat"]
     caption = _caption(queries)
@@ -328,6 +330,29 @@ def test_groundingdino_matches_transformers_grounding_dino_on_the_same_weights(g
             assert score <= a.scores[match][0] + 1e-5
             lower += bool(score < a.scores[match][0] - 1e-5)
     assert lower < sum(len(gdino.detect([im], [queries])[0]) for im in photos)  # most scores are equal
+
+
+@needs_gdino
+def test_groundingdino_conversion_refuses_what_transformers_cannot_express(tiny, tmp_path, capsys):
+    """A config transformers' GroundingDINO has no equivalent for is refused naming the setting (one
+    decoder layer), a checkpoint key without a rule is an error rather than a weight left random,
+    and the command line says what is missing."""
+    import torch
+
+    from grand.cli.main import main
+    from grand.models.groundingdino_convert import convert_state_dict, read_config, transformers_config
+    from grand.models.tiny.original_models import GDINO_CONFIG
+
+    src = tiny("sa-groundingdino")
+    settings = read_config(src / GDINO_CONFIG)
+    state = torch.load(src / "groundingdino_tiny.pth", weights_only=True)["model"]
+    with pytest.raises(ValueError, match="dec_layers"):
+        transformers_config({**settings, "dec_layers": 1}, state, None)
+    with pytest.raises(ValueError, match="no rule.*transformer.extra"):
+        convert_state_dict({**state, "transformer.extra.weight": torch.zeros(1)})
+    assert main(["models", "convert", "groundingdino", str(src / "groundingdino_tiny.pth"), str(tmp_path / "o"),
+                 "--config", "nope.py"]) == 2
+    assert "no such GroundingDINO config file: nope.py" in capsys.readouterr().err
 
 
 # -- detectron2 -------------------------------------------------------------------------------------

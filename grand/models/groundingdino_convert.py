@@ -265,9 +265,15 @@ def to_transformers(
     spec = DetectorSpec(name="groundingdino-convert", backend="groundingdino", queries="tags", checkpoint=str(weights))
     state = load_weights(weights, spec, trust_checkpoint)
     state = state.get("model", state)
-    model = convert_model(state, settings, AutoConfig.from_pretrained(encoder))
+    try:
+        text_config, tokenizer = AutoConfig.from_pretrained(encoder), AutoTokenizer.from_pretrained(encoder)
+    except OSError as err:
+        raise ValueError(f"text encoder '{encoder}' (the config's text_encoder_type) cannot be loaded: {err}. "
+                         "Download it once (huggingface-cli download bert-base-uncased) or pass a local "
+                         "directory as text_encoder") from err
+    model = convert_model(state, settings, text_config)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": int(image_size), "longest_edge": int(max_size)})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(encoder)).save_pretrained(out_dir)
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
     return out_dir

@@ -22,6 +22,8 @@ _GROUNDING_DINO_TYPES = {"grounding-dino", "mm-grounding-dino"}
 class HFZeroShotDetector:
     """Zero-shot detection with `AutoModelForZeroShotObjectDetection` + `AutoProcessor`.
 
+    GroundingDINO runs as the authors' code does (`as_the_authors`: pre-processing, text position ids;
+    checked against the groundingdino package in tests/test_models_original.py).
     GroundingDINO reads all queries of an image as one prompt "a. b. c."; the text encoder takes at
     most `config.max_text_len` (256) tokens, so long query lists are split into chunks that each run
     as a separate prompt, and their boxes are merged. OWLv2 / OWL-ViT score every box against each
