@@ -216,27 +216,143 @@ def test_groundingdino_phrase_grounder_answers_each_phrase(tiny, photos):
 @needs_gdino
 @needs_photos
 def test_groundingdino_inputs_match_what_our_transformers_adapter_feeds(gdino, photos):
-    """The authors' pre-processing and caption format vs our transformers adapter's, on real photos:
-    pixel tensors identical (GroundingDinoImageProcessorPil at the official 800 / 1333), and the
-    official caption "a . b ." tokenizes exactly as the adapter's "a. b.". (The two models' outputs are
-    not compared: that needs a GroundingDINO state-dict mapping to transformers, not written yet.)"""
+    """The authors' pre-processing and caption format vs our transformers adapter's, at the official
+    800 / 1333, on real photos and on a 2:1 crop (whose width the 1333 cap sets: transformers rounds
+    that side differently, authors_size corrects it): pixel tensors identical once as_the_authors()
+    has switched the image processor to its PIL backend (transformers 5 loads the torch-tensor one,
+    up to 1 grey level off), and the official caption "a . b ." tokenizes exactly as the adapter's
+    "a. b."."""
     import groundingdino.datasets.transforms as T
-    from transformers import GroundingDinoImageProcessorPil
+    from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
 
     from grand.models.gdino_original import _caption
-    from grand.models.hf_open_vocab import _dino_text
+    from grand.models.hf_open_vocab import _dino_text, as_the_authors, authors_size
 
     official = T.Compose([T.RandomResize([800], max_size=1333), T.ToTensor(),
                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    ours = GroundingDinoImageProcessorPil(size={"shortest_edge": 800, "longest_edge": 1333})
-    for image in photos:
+    processor = GroundingDinoProcessor(  # what from_pretrained gives in transformers 5: the tensor backend
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333}),
+        tokenizer=gdino.tokenizer,
+    )
+    as_the_authors(processor)
+    wide = photos[0].crop((0, 0, 640, 320))
+    for image in [*photos, wide]:
         a = official(image, None)[0]
-        b = ours(images=image, return_tensors="pt")["pixel_values"][0]
+        b = processor(images=[image], text=["a."], return_tensors="pt", **authors_size(processor, image))["pixel_values"][0]
         assert a.shape == b.shape and float((a - b).abs().max()) == 0.0
     queries = ["person", "red car", "traffic light"]
     hf_text = ". ".join(_dino_text(q) for q in queries) + "."  # HFZeroShotDetector's prompt
     tok = gdino.tokenizer
     assert tok(_caption(queries))["input_ids"] == tok(hf_text)["input_ids"]
+
+
+@needs_gdino
+@needs_photos
+def test_groundingdino_matches_transformers_grounding_dino_on_the_same_weights(gdino, tiny, photos, tmp_path):
+    """The authors' GroundingDINO vs transformers' on the same random weights (grand.models.groundingdino_convert),
+    each fed by its own backend's pre-processing, on real photos (one of them capped by max_size):
+
+    1. model outputs: the same pixels and tokens; logits and boxes within float rounding (measured:
+       logits <= 3e-6 apart, boxes identical). Before grand.compat.transformers_grounding_dino fixed
+       transformers 5.19's text position ids and embeddings, logits differed by up to 3.6 and boxes by 0.9.
+    2. each library's own post-processing (the package's `predict` rule: best token > box threshold,
+       phrase of the tokens > text threshold; transformers' post_process_grounded_object_detection):
+       the same boxes, scores and phrases, with one difference in the rule: transformers never puts
+       [CLS] in a phrase, groundingdino-py 0.4.0 does when [CLS] scores above the text threshold (the
+       later upstream GroundingDINO drops it as transformers does, and so does this comparison).
+    3. our two backends' detectors: backend transformers scores a box by its query's own tokens,
+       backend groundingdino (as the official predict) by its best token of the whole caption, '.' and
+       [CLS] / [SEP] included. So every transformers detection is a groundingdino detection with the
+       same box and label, scored the same or lower (lower only where the caption's best token was not
+       one of the query's)."""
+    import torch
+    from groundingdino.util.utils import get_phrases_from_posmap
+
+    from grand.models.gdino_original import _caption
+    from grand.models.hf_open_vocab import authors_size
+    from grand.models.preprocess import pad_to_aspect
+
+    from grand.cli.main import main
+
+    hf_dir = tmp_path / "hf-gdino"  # converted as a user does
+    assert main(["models", "convert", "groundingdino", str(tiny("sa-groundingdino")), str(hf_dir),
+                 "--image-size", str(_GD_OPTS["image_size"]), "--max-size", str(_GD_OPTS["max_size"])]) == 0
+    converted = build_model(DetectorSpec(name="gdino", checkpoint=str(hf_dir), queries="tags"))
+    queries = ["person", "red car", "traffic light", "dog", "cat"]
+    caption = _caption(queries)
+    text_threshold = 0.25
+    lower = 0
+    for image in photos:
+        padded = pad_to_aspect(image)
+        w, h = padded.size
+        # 1. model outputs, each side through its own pre-processing
+        pixels, _ = gdino.transform(padded, None)
+        inputs = converted.processor(images=[padded], text=[". ".join(queries) + "."], return_tensors="pt",
+                                     **authors_size(converted.processor, padded))
+        assert torch.equal(inputs["pixel_values"][0], pixels)
+        ids = gdino.tokenizer(caption)["input_ids"]
+        assert inputs["input_ids"][0].tolist() == ids
+        with torch.inference_mode():
+            theirs = gdino.model(pixels[None], captions=[caption])
+            ours = converted.model(**inputs)
+        finite = torch.isfinite(theirs["pred_logits"])
+        assert torch.equal(finite, torch.isfinite(ours.logits)) and int(finite[0, 0].sum()) == len(ids)
+        assert float((theirs["pred_logits"][finite] - ours.logits[finite]).abs().max()) < 1e-4
+        assert float((theirs["pred_boxes"] - ours.pred_boxes).abs().max()) < 1e-5
+
+        # 2. the authors' predict() rule vs transformers' post-processing
+        probs = theirs["pred_logits"][0].sigmoid()
+        best = probs.max(dim=1).values
+        # random weights score most boxes high: a box threshold halfway between the middle two scores
+        # keeps half of them, far from any box's score
+        middle = best.sort().values[len(best) // 2 - 1 : len(best) // 2 + 1]
+        box_threshold = float(middle.mean())
+        assert float(middle[1] - middle[0]) > 1e-4
+        keep = best > box_threshold
+        cx, cy, bw, bh = theirs["pred_boxes"][0][keep].unbind(-1)
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * torch.tensor([w, h, w, h])
+        posmaps = probs[keep] > text_threshold
+        posmaps[:, 0] = False  # [CLS]: see the docstring
+        phrases = [get_phrases_from_posmap(p, {"input_ids": ids}, gdino.tokenizer).replace(".", "") for p in posmaps]
+        result = converted.processor.post_process_grounded_object_detection(
+            ours, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold, target_sizes=[(h, w)]
+        )[0]
+        assert torch.allclose(result["boxes"], boxes, atol=1e-3)
+        assert torch.allclose(result["scores"], best[keep], atol=1e-5)
+        assert [label.replace(".", "") for label in result["text_labels"]] == phrases
+
+        # 3. our two detectors on the same photo
+        a, b = gdino.detect([image], [queries])[0], converted.detect([image], [queries])[0]
+        assert len(b) > 0
+        for box, score, label in zip(b.xyxy, b.scores, b.labels):
+            match = np.abs(a.xyxy - box).max(axis=1) < 1e-3
+            assert match.sum() == 1 and a.labels[match][0] == label, (box, label)
+            assert score <= a.scores[match][0] + 1e-5
+            lower += bool(score < a.scores[match][0] - 1e-5)
+    assert lower < sum(len(gdino.detect([im], [queries])[0]) for im in photos)  # most scores are equal
+
+
+@needs_gdino
+def test_groundingdino_conversion_refuses_what_transformers_cannot_express(tiny, tmp_path, capsys):
+    """A config transformers' GroundingDINO has no equivalent for is refused naming the setting (one
+    decoder layer), a checkpoint key without a rule is an error rather than a weight left random,
+    and the command line says what is missing."""
+    import torch
+
+    from grand.cli.main import main
+    from grand.models.groundingdino_convert import convert_state_dict, read_config, transformers_config
+    from grand.models.tiny.original_models import GDINO_CONFIG
+
+    src = tiny("sa-groundingdino")
+    settings = read_config(src / GDINO_CONFIG)
+    state = torch.load(src / "groundingdino_tiny.pth", weights_only=True)["model"]
+    with pytest.raises(ValueError, match="dec_layers"):
+        transformers_config({**settings, "dec_layers": 1}, state, None)
+    with pytest.raises(ValueError, match="no rule.*transformer.extra"):
+        convert_state_dict({**state, "transformer.extra.weight": torch.zeros(1)})
+    assert main(["models", "convert", "groundingdino", str(src / "groundingdino_tiny.pth"), str(tmp_path / "o"),
+                 "--config", "nope.py"]) == 2
+    assert "no such GroundingDINO config file: nope.py" in capsys.readouterr().err
 
 
 # -- detectron2 -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   grand browse out/                                                  # web viewer on http://127.0.0.1:8765
   grand viz out/ --id photo.jpg --dest photo.png                      # masks, labels, caption spans
   grand models make-tiny ~/.cache/grand/tiny
+  grand models convert groundingdino groundingdino_swint_ogc.pth gdino-hf/ --config GroundingDINO_SwinT_OGC.py
   grand demo                                                          # sample photos end to end
 """
 
@@ -112,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--arch", action="append", help="only these architectures (repeatable)")
     tiny.set_defaults(func=cmd_make_tiny)
+    conv = msub.add_parser(
+        "convert", help="convert an original-package checkpoint into a transformers directory",
+        description="groundingdino: an official GroundingDINO .pth (e.g. groundingdino_swint_ogc.pth) with its "
+                    "config .py -> a GroundingDinoForObjectDetection + processor directory that `backend: "
+                    "transformers` loads (same weights; the parity test in tests/test_models_original.py "
+                    "compares the two backends).",
+    )
+    conv.add_argument("backend", choices=["groundingdino"], help="the package the checkpoint belongs to")
+    conv.add_argument("checkpoint", help="the .pth, or a directory holding one .pth and one config .py")
+    conv.add_argument("output", help="directory to write (model.safetensors, config, processor, tokenizer)")
+    conv.add_argument("--config", default=None,
+                      help="the model's config .py (a path, or a config shipped in groundingdino, e.g. "
+                           "GroundingDINO_SwinT_OGC.py); default: the one beside the weights or named by the file")
+    conv.add_argument("--text-encoder", default=None,
+                      help="BERT directory or hub id; default: the config's text_encoder_type (bert-base-uncased)")
+    conv.add_argument("--image-size", type=int, default=800, help="shorter side the processor resizes to (official: 800)")
+    conv.add_argument("--max-size", type=int, default=1333, help="longer side at most (official: 1333)")
+    conv.add_argument("--trust-checkpoint", action="store_true",
+                      help="allow a checkpoint that needs full unpickling (only for files you trust)")
+    conv.set_defaults(func=cmd_models_convert)
     lst = msub.add_parser("list", help="list adapters, tiny architectures and packaged checkpoints; with --config, the steps of that pipeline")
     lst.add_argument("--config", default=None, help="pipeline YAML: print the steps `grand run` would run, in order")
     lst.add_argument("--levels", default="1,2,3,4", help="with --config: the levels to plan (default 1,2,3,4)")
@@ -644,6 +665,15 @@ def cmd_make_tiny(args) -> int:
             continue
         path = build_tiny(arch, Path(args.dir) / arch)
         print(f"{arch:16s} -> {path}")
+    return 0
+
+
+def cmd_models_convert(args) -> int:
+    from grand.models.groundingdino_convert import to_transformers
+
+    out = to_transformers(Path(args.checkpoint), Path(args.output), config=args.config, text_encoder=args.text_encoder,
+                          image_size=args.image_size, max_size=args.max_size, trust_checkpoint=args.trust_checkpoint)
+    print(f"wrote {out} (checkpoint: {out} with backend: transformers)")
     return 0
 
 

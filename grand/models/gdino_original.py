@@ -130,9 +130,16 @@ class _OriginalGroundingDino:
 
     @staticmethod
     def _config_path(weights: Path, option: str | None, base_dir: Path | None) -> Path:
+        """The config .py of `weights` (also grand.models.groundingdino_convert, which runs without the
+        package: the configs shipped in it are then not available)."""
+        import importlib.util
+
+        bundled = importlib.util.find_spec("groundingdino") is not None
         if option:
-            for candidate in (Path(option).expanduser(), (base_dir or Path.cwd()) / option, weights.parent / option,
-                              official_config_path(Path(option).name)):
+            candidates = [Path(option).expanduser(), (base_dir or Path.cwd()) / option, weights.parent / option]
+            if bundled:
+                candidates.append(official_config_path(Path(option).name))
+            for candidate in candidates:
                 if candidate.is_file():
                     return candidate
             raise FileNotFoundError(f"option config: no such GroundingDINO config file: {option}")
@@ -140,10 +147,11 @@ class _OriginalGroundingDino:
         if weights.parent.is_dir() and len(configs) == 1:
             return configs[0]
         for key, name in _BUNDLED.items():
-            if key in weights.name.lower():
+            if key in weights.name.lower() and bundled:
                 return official_config_path(name)
         raise FileNotFoundError(
-            f"cannot tell the config of {weights.name}: set option config (e.g. GroundingDINO_SwinT_OGC.py)"
+            f"cannot tell the config of {weights.name}: set option config (e.g. GroundingDINO_SwinT_OGC.py, "
+            "a path, or the name of a config shipped in the groundingdino package)"
         )
 
     def _forward(self, image: Image.Image, caption: str):

@@ -22,6 +22,8 @@ _GROUNDING_DINO_TYPES = {"grounding-dino", "mm-grounding-dino"}
 class HFZeroShotDetector:
     """Zero-shot detection with `AutoModelForZeroShotObjectDetection` + `AutoProcessor`.
 
+    GroundingDINO runs as the authors' code does (`as_the_authors`: pre-processing, text position ids;
+    checked against the groundingdino package in tests/test_models_original.py).
     GroundingDINO reads all queries of an image as one prompt "a. b. c."; the text encoder takes at
     most `config.max_text_len` (256) tokens, so long query lists are split into chunks that each run
     as a separate prompt, and their boxes are merged. OWLv2 / OWL-ViT score every box against each
@@ -50,6 +52,8 @@ class HFZeroShotDetector:
             spec, base_dir, AutoModelForZeroShotObjectDetection, AutoProcessor
         )
         self.is_grounding_dino = self.model.config.model_type in _GROUNDING_DINO_TYPES
+        if self.is_grounding_dino:
+            as_the_authors(self.processor)
         self._torch = torch
 
     # -- public ---------------------------------------------------------------------------------
@@ -114,7 +118,7 @@ class HFZeroShotDetector:
         torch = self._torch
         inputs = self.processor(
             images=images, text=[". ".join(_dino_text(q) for q in c) + "." for c in chunks],
-            padding="longest", return_tensors="pt",
+            padding="longest", return_tensors="pt", **authors_size(self.processor, images[0]),
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)
@@ -192,6 +196,46 @@ class HFZeroShotDetector:
         )
         order = np.argsort(-dets.scores, kind="stable")[: self.max_detections]
         return dets[order]
+
+
+def as_the_authors(processor) -> None:
+    """Make a transformers GroundingDINO run as the authors' code does (checked by the parity test
+    against the groundingdino package, tests/test_models_original.py):
+    - the image processor's PIL backend: the authors resize PIL images (torchvision's `Resize` on a
+      PIL image is PIL's bilinear resize), and so does `GroundingDinoImageProcessorPil`, pixel for
+      pixel; transformers 5 loads the torch-tensor backend by default, whose resize rounds
+      differently (pixel values up to 1 grey level apart); the output size: `authors_size`;
+    - grand.compat.transformers_grounding_dino: the text position ids and embeddings of
+      transformers 5.19, which differ from the authors'."""
+    import transformers
+
+    from grand.compat.transformers_grounding_dino import patch
+
+    patch()
+    image_processor = processor.image_processor
+    name = type(image_processor).__name__
+    pil = getattr(transformers, name + "Pil", None) if not name.endswith("Pil") else None
+    if pil is not None:
+        processor.image_processor = pil.from_dict(image_processor.to_dict())
+
+
+def authors_size(processor, image: Image.Image) -> dict:
+    """`size=` for the processor call on images of `image`'s size (a batch holds one size): the
+    authors' resize rule (`groundingdino.datasets.transforms.resize`, from DETR). transformers rounds
+    the side the longest edge caps differently: a 352x230 photo at 224 / 320 becomes 320 px wide
+    there and 319 px in the original. {} when the processor's size is not shortest / longest edge."""
+    size = processor.image_processor.size
+    shortest, longest = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
+    if not shortest:
+        return {}
+    w, h = image.size
+    if longest and max(w, h) / min(w, h) * shortest > longest:
+        shortest = int(round(longest * min(w, h) / max(w, h)))
+    if min(w, h) == shortest:
+        return {"size": {"height": h, "width": w}}
+    if w < h:
+        return {"size": {"height": int(shortest * h / w), "width": shortest}}
+    return {"size": {"height": shortest, "width": int(shortest * w / h)}}
 
 
 def _clean_queries(queries: list[str]) -> list[str]:

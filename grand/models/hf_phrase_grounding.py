@@ -15,7 +15,7 @@ from PIL import Image
 from grand.config import PhraseGroundingSpec
 from grand.core.detections import Detections
 from grand.core.geometry import clip_boxes, nms
-from grand.models.hf_open_vocab import _GROUNDING_DINO_TYPES, _dino_text
+from grand.models.hf_open_vocab import _GROUNDING_DINO_TYPES, _dino_text, as_the_authors, authors_size
 from grand.models.loading import adapter_options, load_pretrained
 from grand.models.preprocess import pad_to_aspect
 
@@ -51,6 +51,8 @@ class HFPhraseGrounder:
             spec, base_dir, AutoModelForZeroShotObjectDetection, AutoProcessor
         )
         self.is_grounding_dino = self.model.config.model_type in _GROUNDING_DINO_TYPES
+        if self.is_grounding_dino:
+            as_the_authors(self.processor)
         self._torch = torch
 
     # -- public ---------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ class HFPhraseGrounder:
         limit = self.model.config.max_text_len  # tokens beyond it are cut by the model anyway
         inputs = self.processor(
             images=images, text=[t + "." for (t,) in texts], padding="longest", truncation=True,
-            max_length=limit, return_tensors="pt",
+            max_length=limit, return_tensors="pt", **authors_size(self.processor, images[0]),
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)

@@ -59,11 +59,12 @@ def build_sa_sam_hq(out_dir: Path) -> None:
     _build_sam("segment-anything-hq", out_dir)
 
 
-# GroundingDINO: the official SwinT-OGC config with 1 encoder / decoder layer, 50 queries, a 1-layer
-# width-32 BERT. hidden_dim stays 256: the package hard-codes 256-d text position embeddings.
+# GroundingDINO: the official SwinT-OGC config with 1 encoder and 2 decoder layers (transformers'
+# GroundingDINO, the parity test's other side, needs >= 2), 50 queries, a 1-layer width-32 BERT.
+# hidden_dim stays 256: the package hard-codes 256-d text position embeddings.
 _GDINO_CHANGES = {
     "enc_layers = 6": "enc_layers = 1",
-    "dec_layers = 6": "dec_layers = 1",
+    "dec_layers = 6": "dec_layers = 2",
     "dim_feedforward = 2048": "dim_feedforward = 256",
     "num_queries = 900": "num_queries = 50",
     "nheads = 8": "nheads = 2",
