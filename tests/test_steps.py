@@ -182,3 +182,12 @@ def test_inject_crash_into_a_step_the_run_does_not_have_is_refused_before_ray(tm
     with pytest.raises(ConfigError, match=r"no step or role 'segmentor' in this run; use one of: .*segmenter"):
         run_pipeline(load_config(TINY), RunOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
                                                    inject_crash="segmentor:a.png"))
+
+
+def test_a_colocated_run_summary_names_the_actor_processes_it_saved():
+    from grand.runtime.run import RunSummary
+
+    summary = RunSummary(output="out", shards_total=1, shards_skipped=0, levels=[1, 2, 3, 4], first_row_s=40.0,
+                         colocated=True, actor_steps=(3, 15))
+    assert "co-located: 3 model actor processes instead of 15 separate pools" in summary.text()
+    assert "co-located:" not in RunSummary(output="out", shards_total=1, shards_skipped=0).text()

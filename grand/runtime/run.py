@@ -28,7 +28,7 @@ from grand.redact import redact_config
 from grand.schema import SCHEMAS
 from grand.runtime.plan import ALL_LEVELS, Pass, parse_levels, plan_output, plan_passes
 from grand.runtime.report import package_versions, reconcile, save_run_report
-from grand.runtime.steps import build_dataset, check_cluster_resources, operators, plan, provenance, resolve_checkpoints
+from grand.runtime.steps import build_dataset, check_cluster_resources, colocate, operators, plan, provenance, resolve_checkpoints
 
 log = logging.getLogger("grand.run")
 
@@ -70,6 +70,7 @@ class RunSummary:
     last_row_s: float | None = None  # seconds from start until the last finished row
     peak_rss_gib: float | None = None  # this machine's Ray processes and the driver, sampled (local runs)
     colocated: bool = False
+    actor_steps: tuple[int, int] | None = None  # (co-located, separate pools): actor processes at pool size 1
     step_images_per_s: dict = field(default_factory=dict)  # per model step, per actor busy second
     step_stats: dict = field(default_factory=dict)  # per model step: {"images": n, "busy_s": actor busy seconds}
     report: str | None = None  # this run's report (grand.runtime.report), beside the manifest
@@ -97,6 +98,10 @@ class RunSummary:
             mem = f", peak memory {self.peak_rss_gib:.1f} GiB (driver + local Ray processes)" if self.peak_rss_gib else ""
             lines.append(f"start-up: first row after {self.first_row_s:.0f}s{mem}"
                          + ("; steps co-located, one actor per level (runtime.colocate)" if self.colocated else ""))
+        if self.colocated and self.actor_steps:
+            together, apart = self.actor_steps
+            lines.append(f"co-located: {together} model actor processes instead of {apart} separate pools, so torch and "
+                         f"its imports load {together} times, not {apart} (docs/benchmarks.md compares memory and start-up)")
         if self.step_images_per_s:
             lines.append("per-actor images/s (busy time): "
                          + ", ".join(f"{s} {r:.2f}" for s, r in self.step_images_per_s.items()))
@@ -255,6 +260,9 @@ def _run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
     runtime = StepRuntime(run_id=uuid.uuid4().hex[:12], attempts=cfg.runtime.step_attempts, fault_rate=opts.fault_rate,
                           inject_crash=inject_crash, output_uri=out.uri, base_dir=str(cfg.base_dir))
     summary.colocated = cfg.runtime.colocate
+    if cfg.runtime.colocate:
+        summary.actor_steps = tuple(sum(s.kind == "actor" for s in steps)
+                                    for steps in (colocate(plan(cfg, all_levels)), plan(cfg, all_levels)))
     model_steps = [m for s in operators(cfg, all_levels) for m in s.model_steps]  # for the run report
     for p in passes:
         try:
