@@ -30,7 +30,7 @@ def _config(path: Path) -> Path:
     return path
 
 
-def test_tar_gone_after_planning_fails_its_shard_then_the_next_run_completes_it(ray_session, tmp_path):
+def test_tar_gone_after_planning_fails_its_shard_then_the_next_run_completes_it(ray_session, tmp_path, monkeypatch):
     images = sorted((TINYCOCO / "images").glob("*.jpg"))[:4]
     tars = tmp_path / "tars"
     tars.mkdir()
@@ -40,7 +40,8 @@ def test_tar_gone_after_planning_fails_its_shard_then_the_next_run_completes_it(
                 t.add(p, arcname=p.name)
     cfg = load_config(_config(tmp_path / "c.yaml"))
     out = tmp_path / "out"
-    shards = plan_output(cfg, OutputDir(str(out)), str(tars))  # two tars: scanned by Ray tasks
+    monkeypatch.setattr("grand.runtime.plan.PARALLEL_AFTER_S", 0.0)  # scan the second tar as a Ray task
+    shards = plan_output(cfg, OutputDir(str(out)), str(tars))
     assert shards == plan_shards(str(tars), cfg.input)  # the plan the driver alone makes
     assert [(s.name, s.num_images) for s in shards] == [("a-00000", 1), ("a-00001", 1), ("b-00000", 1), ("b-00001", 1)]
     (tars / "b.tar").rename(tmp_path / "b.tar")  # moved away after planning (an object-store outage)

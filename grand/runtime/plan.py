@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,20 +59,46 @@ def _warn_other_shard_size(out: OutputDir, cfg: PipelineConfig) -> None:
               f"config's {cfg.input.shard_size} applies to new output folders)", file=sys.stderr, flush=True)
 
 
+# Planning goes parallel when the scans left would take the driver longer than this: starting Ray's
+# task workers costs seconds, more than planning a few local tars (benchmarks/planning.py).
+PARALLEL_AFTER_S = 10.0
+
+
 class RayMapper:
-    """Runs planning scans as Ray tasks (grand.io.sources.Mapper), a few items per task so that
-    hundreds of small tars do not pay a task each, with progress on stderr. Ray is started (or
-    joined at `address`) on first use only: a plan that needs no scans starts nothing."""
+    """Runs planning scans (grand.io.sources.Mapper): in the driver while the rest would take under
+    `parallel_after_s` at the rate so far, and the rest as Ray tasks, a few scans per task so that
+    hundreds of small tars do not pay a task each; with progress on stderr. Ray is started (or
+    joined at `address`) only then: a few local tars plan without it."""
 
     TASKS_PER_CPU = 4  # enough tasks to keep every CPU busy when containers differ in size
 
-    def __init__(self, address: str | None, num_cpus: float) -> None:
+    def __init__(self, address: str | None, num_cpus: float, parallel_after_s: float | None = None) -> None:
         self.address, self.num_cpus = address, num_cpus
+        self.parallel_after_s = PARALLEL_AFTER_S if parallel_after_s is None else parallel_after_s
+        self.remote_items = 0  # scans the last call sent to Ray
 
     def __call__(self, fn, items: list, what: str) -> list:
+        from grand.io.sources import PlanProgress
+
+        progress = PlanProgress(what, len(items))
+        results: list = []
+        start = time.monotonic()
+        while len(results) < len(items):
+            results.append(fn(*items[len(results)]))
+            progress.advance()
+            left = len(items) - len(results)
+            if left and (time.monotonic() - start) / len(results) * left > self.parallel_after_s:
+                break
+        rest = items[len(results):]
+        self.remote_items = len(rest)
+        if rest:
+            results += self._remote(fn, rest, progress)
+        progress.close()
+        return results
+
+    def _remote(self, fn, items: list, progress) -> list:
         import ray
 
-        from grand.io.sources import PlanProgress
         from grand.runtime.run import init_ray
 
         init_ray(self.address)
@@ -81,7 +108,6 @@ class RayMapper:
         task = ray.remote(num_cpus=self.num_cpus)(_scan_chunk)
         pending = {task.remote(fn, chunk): k for k, chunk in enumerate(chunks)}
         results: list = [None] * len(chunks)
-        progress = PlanProgress(what, len(items))
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -92,7 +118,6 @@ class RayMapper:
         finally:
             for ref in pending:  # planning failed: the other scans are of no use
                 ray.cancel(ref)
-        progress.close()
         return [r for chunk in results for r in chunk]
 
 
