@@ -329,7 +329,12 @@ class Level4Spec(_Strict):
 
 
 class InputSpec(_Strict):
-    shard_size: int = Field(256, ge=1, description="images per shard when the input is a folder")
+    shard_size: int = Field(
+        256, ge=1, description="images per shard: a folder is split into shards of this many images, a tar into "
+        "member ranges of about this many (an image and its .json sidecar always share one), a Parquet file into "
+        "ranges of whole row groups of at most this many rows (a larger row group is one shard). A crash redoes at "
+        "most the shards in flight. Fixed by an output folder's first run (its plan); later configs do not re-plan",
+    )
     max_image_pixels: int = Field(
         89_478_485, ge=1, le=178_956_970,
         description="larger images are refused as decompression bombs (PIL's default), and no image is padded "

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -143,10 +144,22 @@ def _two_yolox_config(path: Path) -> Path:
     return path
 
 
+def _three_tars(images: Path, dest: Path) -> Path:
+    """tinycoco's 32 images as three SA-1B-style tars of 11, 11 and 10: with shard_size 2, each tar
+    is several member-range shards (issue 12, item 3)."""
+    dest.mkdir()
+    photos = sorted(images.glob("*.jpg"))
+    for k, group in enumerate((photos[:11], photos[11:22], photos[22:])):
+        with tarfile.open(dest / f"sa_{k:06d}.tar", "w") as t:
+            for p in group:
+                t.add(p, arcname=p.name)
+    return dest
+
+
 @needs_shared
 def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(ray_session, tmp_path):
     config = _two_yolox_config(tmp_path / "resume.yaml")
-    images = TINYCOCO / "images"
+    images = _three_tars(TINYCOCO / "images", tmp_path / "tars")  # 6 + 6 + 5 range shards
 
     reference = tmp_path / "reference"
     run_pipeline(load_config(config), RunOptions(input=str(images), output=str(reference)))
@@ -157,22 +170,24 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(ray_session, t
     cmd = [sys.executable, "-m", "grand.cli.main", "run", str(config), "--input", str(images), "--output", str(out)]
     level1 = out / "level1"
     committed_before = kill_after_commits(cmd, env, level1, min_files=3, timeout_s=240)
-    assert 3 <= len(committed_before) < 16  # killed midway
+    assert 3 <= len(committed_before) < 17  # killed midway
 
     st = output_status(str(out))["levels"]["level1"]
-    assert st["done"] == len(committed_before) and st["pending"] + st["failed"] == 16 - len(committed_before)
+    assert st["done"] == len(committed_before) and st["pending"] + st["failed"] == 17 - len(committed_before)
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{16 - len(committed_before)} shards" in done.stderr  # only the rest was redone
+    assert f"{17 - len(committed_before)} shards" in done.stderr  # only the rest was redone
 
     for name, data in committed_before.items():
         assert (level1 / name).read_bytes() == data  # committed shards are never rewritten
+    assert sorted(p.name for p in level1.glob("*.parquet")) == sorted(
+        f"sa_{k:06d}-{r:05d}.parquet" for k, ranges in enumerate((6, 6, 5)) for r in range(ranges))
     got, want = _rows(out), _rows(reference)
-    assert sorted(r["image_id"] for r in got) == sorted(p.name for p in images.glob("*.jpg"))  # once each
+    assert sorted(r["image_id"] for r in got) == sorted(p.stem for p in (TINYCOCO / "images").glob("*.jpg"))  # once each
     key = lambda r: r["image_id"]  # noqa: E731
     assert sorted(got, key=key) == sorted(want, key=key)
     assert sum(len(r["objects"]) for r in got) > 32  # both detectors agree: objects, not floating
     st = output_status(str(out))["levels"]["level1"]
-    assert (st["done"], st["pending"], st["failed"], st["images_done"]) == (16, 0, 0, 32)
+    assert (st["done"], st["pending"], st["failed"], st["images_done"]) == (17, 0, 0, 32)

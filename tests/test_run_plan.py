@@ -74,3 +74,36 @@ def test_levels_3_4_alone_need_level_2():
     passes, missing = plan_passes((3, 4), _shards(3), {1: {"s0", "s1"}, 2: {"s0"}}, force=False)
     assert [(p.levels, _names(p)) for p in passes] == [((3, 4), ["s0"])]
     assert missing == {2: ["s1", "s2"]}
+
+
+# -- parallel planning (grand.runtime.plan.RayMapper, without Ray) -------------------------------------
+class _RecordingMapper:
+    """RayMapper with its Ray part replaced by a record of what it would send."""
+
+    def __init__(self, parallel_after_s: float):
+        from grand.runtime.plan import RayMapper
+
+        class Recording(RayMapper):
+            def _remote(self, fn, items, progress):
+                self.sent = list(items)
+                progress.advance(len(items))
+                return [fn(*args) for args in items]
+
+        self.mapper = Recording(None, 0.25, parallel_after_s=parallel_after_s)
+
+
+def test_planning_stays_in_the_driver_while_it_is_quick_and_sends_the_rest_to_ray_otherwise():
+    import time
+
+    items = [(k,) for k in range(5)]
+    quick = _RecordingMapper(parallel_after_s=60).mapper
+    assert quick(lambda k: k * 10, items, "tars") == [0, 10, 20, 30, 40]
+    assert quick.remote_items == 0 and not hasattr(quick, "sent")  # a few quick scans never start Ray
+
+    def slow(k):
+        time.sleep(0.02)
+        return k * 10
+
+    eager = _RecordingMapper(parallel_after_s=0.01).mapper  # 4 scans left at 0.02 s each > 0.01 s
+    assert eager(slow, items, "tars") == [0, 10, 20, 30, 40]  # results in input order
+    assert eager.remote_items == 4 and eager.sent == items[1:]

@@ -230,6 +230,84 @@ def test_tar_with_fewer_images_than_planned_is_padded(tmp_path: Path):
     assert "tar ended early" in rows[2].error
 
 
+def _read_ids_and_sidecars(specs: list[ShardSpec], cfg: InputSpec) -> list[tuple[str, str | None]]:
+    return [(r.image_id, r.sidecar) for spec in specs for r in _read_all(spec, cfg)]
+
+
+def test_tar_larger_than_shard_size_becomes_member_ranges_that_read_every_image_once(tmp_path: Path):
+    # 11 images with sidecars but sa_2 and sa_7, some before their image (either order pairs)
+    members = []
+    for i in range(11):
+        image = (f"./sa_{i}.jpg", _fake_image(f"sa_{i}") + bytes(600))
+        sidecar = (f"./sa_{i}.json", json.dumps({"image": {"image_id": i}}).encode())
+        members += [image] if i % 5 == 2 else ([sidecar, image] if i % 8 == 0 else [image, sidecar])
+    members.insert(7, ("README.txt", b"not a sample"))
+    tar = _write_tar(tmp_path / "sa_000042.tar", members)
+    cfg = _cfg(shard_size=4)
+    specs = plan_shards(str(tar), cfg)
+    assert [(s.name, s.num_images, s.start) for s in specs] == [
+        ("sa_000042-00000", 4, 0), ("sa_000042-00001", 4, 4), ("sa_000042-00002", 3, 8)]
+    assert all(s.kind == "tar" and s.uri == str(tar) and s.container == "sa_000042" for s in specs)
+    with tarfile.open(tar) as t:
+        headers = {m.name: m.offset for m in t.getmembers()}
+    assert specs[1].offset == headers["./sa_4.jpg"]  # sa_4's sidecar comes after it
+    assert specs[2].offset == headers["./sa_8.json"]  # sa_8's sidecar comes first: the range starts there
+
+    whole = _read_ids_and_sidecars(plan_shards(str(tar), _cfg()), cfg)
+    assert [i for i, _ in whole] == [f"sa_{i}" for i in range(11)]
+    assert _read_ids_and_sidecars(specs, cfg) == whole  # each image once, with its own sidecar
+    for image_id, sidecar in whole:
+        n = int(image_id.split("_")[1])
+        assert (sidecar is None) == (n % 5 == 2)
+        assert sidecar is None or json.loads(sidecar)["image"]["image_id"] == n
+
+
+def test_tar_ranges_are_ceil_n_over_k_stable_and_survive_the_plan_file(tmp_path: Path):
+    root = tmp_path / "tars"
+    _write_tar(root / "a.tar", _sa1b_members(0, 7))
+    _write_tar(root / "b.tar", _sa1b_members(100, 3))  # fits one shard: named by its stem as before
+    for k, expected in ((1, 7), (2, 4), (3, 3), (6, 2), (7, 1), (50, 1)):
+        names = [s.name for s in plan_shards(str(root), _cfg(shard_size=k)) if s.uri.endswith("a.tar")]
+        assert len(names) == expected, k
+    specs = plan_shards(str(root), _cfg(shard_size=3))
+    assert [s.name for s in specs] == ["a-00000", "a-00001", "a-00002", "b"]
+    assert plan_shards(str(root), _cfg(shard_size=3)) == specs  # the same input plans the same
+    for spec in specs:
+        assert ShardSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    # A plan saved before ranges existed has neither start nor offset: its shard is the whole tar.
+    old = {"name": "a", "kind": "tar", "uri": str(root / "a.tar"), "num_images": 7, "members": []}
+    assert [r.image_id for r in _read_all(ShardSpec.from_dict(old), _cfg())] == [f"sa_{i}" for i in range(7)]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ShardSpec("a-00000", "tar", str(root / "a.tar"), 3, offset=-512)
+    # a split name clashing with another tar's stem is made unique
+    _write_tar(root / "a-00001.tar", _sa1b_members(200, 1))
+    names = [s.name for s in plan_shards(str(root), _cfg(shard_size=3))]
+    assert len(set(names)) == len(names) == 5 and "a-00001-1" in names
+
+
+def test_tar_gz_ranges_read_from_their_offset_in_the_decompressed_stream(tmp_path: Path):
+    import gzip
+
+    raw = _write_tar(tmp_path / "plain.tar", _sa1b_members(0, 5))
+    gz = tmp_path / "packed.tar.gz"
+    gz.write_bytes(gzip.compress(raw.read_bytes()))
+    specs = plan_shards(str(gz), _cfg(shard_size=2))
+    assert [s.num_images for s in specs] == [2, 2, 1]
+    assert [s.offset for s in specs] == [s.offset for s in plan_shards(str(raw), _cfg(shard_size=2))]
+    rows = [r for spec in specs for r in _read_all(spec, _cfg())]
+    assert [(r.image_id, r.error) for r in rows] == [(f"sa_{i}", None) for i in range(5)]
+    assert rows[3].data == _fake_image("sa_3") + bytes(600)
+
+
+def test_tar_changed_after_planning_gives_error_rows_for_a_range(tmp_path: Path):
+    tar = _write_tar(tmp_path / "t.tar", _sa1b_members(0, 6))
+    specs = plan_shards(str(tar), _cfg(shard_size=2))
+    _write_tar(tar, [("other.bin", bytes(10_000))])  # the planned offsets now point into member data
+    for spec in specs[1:]:
+        rows = _read_all(spec, _cfg())
+        assert all(r.error and r.data == b"" for r in rows)
+
+
 # -- Parquet -----------------------------------------------------------------------------------
 def _write_parquet(path: Path, table: pa.Table, row_group_size: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +326,21 @@ def test_parquet_binary_column_with_row_index_ids(tmp_path: Path):
     assert [r.data for r in rows] == images
     assert [r.image_id for r in rows] == [f"data/{i}" for i in range(7)]
     assert rows[4].source == f"{path}::4"
+
+
+def test_parquet_is_planned_in_whole_row_group_ranges_with_file_row_ids(tmp_path: Path):
+    images = [_fake_image(str(i)) for i in range(7)]
+    path = _write_parquet(tmp_path / "data.parquet", pa.table({"image": pa.array(images, pa.binary())}))
+    # row groups of 3, 3, 1 rows: ranges take whole groups up to shard_size rows (one group may exceed it)
+    for k, sizes in ((1, [3, 3, 1]), (3, [3, 3, 1]), (4, [3, 4]), (6, [6, 1]), (7, [7])):
+        assert [s.num_images for s in plan_shards(str(path), _cfg(shard_size=k))] == sizes, k
+    specs = plan_shards(str(path), _cfg(shard_size=4))
+    assert [(s.name, s.start, s.offset, s.container) for s in specs] == [
+        ("data-00000", 0, 0, "data"), ("data-00001", 3, 1, "data")]
+    rows = [r for spec in specs for r in _read_all(spec, _cfg())]
+    assert [r.data for r in rows] == images
+    assert [r.image_id for r in rows] == [f"data/{i}" for i in range(7)]  # as when the file is one shard
+    assert rows[5].source == f"{path}::5"
 
 
 def test_parquet_hf_image_struct_with_id_column_and_null_rows(tmp_path: Path):
@@ -297,6 +390,56 @@ def test_mixed_containers_are_refused(tmp_path: Path):
     _write_parquet(tmp_path / "b.parquet", pa.table({"image": [b"x"]}))
     with pytest.raises(ValueError, match="mixes .tar and .parquet"):
         plan_shards(str(tmp_path), _cfg())
+
+
+# -- parallel planning -------------------------------------------------------------------------
+def _thread_mapper(calls: list):
+    """A mapper that runs each scan in a thread, out of order, as Ray tasks would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def mapper(fn, items, what):
+        calls.append((fn.__name__, len(items), what))
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(fn, *args) for args in reversed(items)]
+            return [f.result() for f in reversed(futures)]
+
+    return mapper
+
+
+def test_planning_with_a_mapper_gives_the_sequential_plan(tmp_path: Path, photo_folder: Path):
+    root = tmp_path / "tars"
+    for n in range(6):
+        _write_tar(root / f"part{n % 2}" / f"sa_{n:06d}.tar", _sa1b_members(10 * n, n + 1))
+    calls: list = []
+    for input_uri in (str(root), str(root / "part*" / "*.tar")):
+        assert plan_shards(input_uri, _cfg(shard_size=2), mapper=_thread_mapper(calls)) == \
+            plan_shards(input_uri, _cfg(shard_size=2))
+    assert calls == [("_find_visible", 2, "folders"), ("_scan_tar", 6, "tars"), ("_scan_tar", 6, "tars")]
+    (photo_folder / "more").mkdir()
+    (photo_folder / "more" / "f.jpg").write_bytes(b"f")
+    calls.clear()
+    assert plan_shards(str(photo_folder), _cfg(shard_size=2), mapper=_thread_mapper(calls)) == \
+        plan_shards(str(photo_folder), _cfg(shard_size=2))
+    assert calls == [("_find_visible", 3, "folders")]  # more, sub, z; .cache is hidden
+    # a refused tar fails planning through the mapper as it does here
+    (root / "part0" / "sa_000000.tar").write_bytes(b"garbage" * 100)
+    with pytest.raises(ValueError, match="cannot read tar"):
+        plan_shards(str(root), _cfg(), mapper=_thread_mapper(calls))
+
+
+def test_plan_progress_reports_counts_on_stderr():
+    from grand.io.sources import PlanProgress
+
+    stream = io.StringIO()
+    progress = PlanProgress("tars", 3, interval_s=0.0, stream=stream)
+    progress.advance()
+    progress.advance(2)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[grand] planning: 1/3 tars read") and lines[-1].startswith("[grand] planning: 3/3 tars")
+    quiet = io.StringIO()
+    PlanProgress("tars", 1, stream=quiet).close()  # fast planning stays silent
+    assert quiet.getvalue() == ""
 
 
 # -- other filesystems and the decode corpus ---------------------------------------------------

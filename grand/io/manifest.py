@@ -15,7 +15,10 @@ from grand.io.output import OutputDir
 from grand.io.sources import ShardSpec
 
 MANIFEST_FORMAT = "grand-manifest/1"
-PLAN_FORMAT = "grand-plan/1"
+# /2: tar and Parquet shards may be ranges of their container (grand.io.sources.ShardSpec). A /1 plan
+# reads as before (each container shard is the whole container).
+PLAN_FORMAT = "grand-plan/2"
+PLAN_FORMATS = ("grand-plan/1", PLAN_FORMAT)
 
 
 class PlanMismatchError(ValueError):
@@ -30,15 +33,18 @@ def load_plan(out: OutputDir) -> tuple[str, list[ShardSpec]] | None:
     data = out.read_json(out.plan_path)
     if data is None:
         return None
+    if data.get("format", PLAN_FORMATS[0]) not in PLAN_FORMATS:
+        raise PlanMismatchError(f"{out.uri}: its shard plan has format {data.get('format')!r}, which this grand "
+                                f"does not read ({', '.join(PLAN_FORMATS)}); upgrade grand to use that folder")
     return data["input"], [ShardSpec.from_dict(d) for d in data["shards"]]
 
 
-def save_plan(out: OutputDir, input_uri: str, shards: list[ShardSpec]) -> None:
+def save_plan(out: OutputDir, input_uri: str, shards: list[ShardSpec], shard_size: int | None = None) -> None:
     """Create the plan; a plan is never replaced (FileExistsError when another run made one)."""
-    out.create_json_exclusive(
-        out.plan_path,
-        {"format": PLAN_FORMAT, "input": input_uri, "created": now_iso(), "shards": [s.to_dict() for s in shards]},
-    )
+    plan = {"format": PLAN_FORMAT, "input": input_uri, "created": now_iso()}
+    if shard_size is not None:
+        plan["shard_size"] = shard_size  # what it was planned with (a later config's is not applied)
+    out.create_json_exclusive(out.plan_path, {**plan, "shards": [s.to_dict() for s in shards]})
 
 
 @dataclass

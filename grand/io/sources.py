@@ -4,10 +4,14 @@ Three layouts are understood, on any fsspec filesystem (local paths, s3://, gs:/
 
 * an image folder (recursive) -> shards of `InputSpec.shard_size` images, `<folder>-00000`, ...
   with image_id = the path relative to the folder (stable across runs and machines);
-* SA-1B style tars (a .tar, a folder of them, or a glob) -> one shard per tar, named by its stem,
-  image_id = the member's path without suffix (`sa_223750`), sidecar = the same-stem .json text;
-* Parquet files (one, a folder such as a Hugging Face dataset, or a glob) -> one shard per file,
-  images from `InputSpec.image_column` (binary or the HF Image struct {bytes, path}).
+* SA-1B style tars (a .tar, a folder of them, or a glob) -> member ranges of about
+  `InputSpec.shard_size` images per tar (a tar that fits is one shard named by its stem, a larger
+  one `<stem>-00000`, `<stem>-00001`, ...), image_id = the member's path without suffix
+  (`sa_223750`), sidecar = the same-stem .json text; a range never separates an image from its
+  sidecar, and it starts at a byte offset recorded in the plan, so reading it skips the rest;
+* Parquet files (one, a folder such as a Hugging Face dataset, or a glob) -> ranges of whole row
+  groups, up to `InputSpec.shard_size` rows each (a row group is never split), images from
+  `InputSpec.image_column` (binary or the HF Image struct {bytes, path}).
 
 The plan fixes each shard's image count. `read_shard` always yields exactly that many rows, in
 index order: a file or member whose *content* cannot be used (over `input.max_file_bytes`, a FIFO,
@@ -20,15 +24,22 @@ fails that shard without committing it, and the next run reads it again (grand.i
 Hostile containers are bounded: tar planning refuses negative sizes, non-increasing member offsets
 and absurd member counts; compressed tars (.tar.gz, .tar.bz2, .tar.xz) and Parquet row groups may
 expand at most `input.max_compression_ratio` times their compressed size.
+
+Planning reads every container's headers (or Parquet footer). `plan_shards` takes a `mapper` that
+runs those scans elsewhere (grand.runtime.plan runs them as Ray tasks); without one they run here,
+one after the other. Either way the plan is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import posixpath
 import re
+import sys
 import tarfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -53,13 +64,22 @@ _PARQUET_BATCH_ROWS = 32  # rows per Arrow batch: images are large, so keep batc
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """One unit of work, persisted in the run's plan (JSON) so every run sees the same shards."""
+    """One unit of work, persisted in the run's plan (JSON) so every run sees the same shards.
+
+    A tar or Parquet shard is a range of its container: `num_images` images from image `start`
+    (tar images / Parquet rows, counted from the container's beginning), read from `offset` (tar:
+    the byte, in the decompressed stream, of the header where the range's first sample begins;
+    Parquet: the first row group). A plan written before ranges existed has neither: its container
+    shards are whole containers, which is what start = offset = 0 reads."""
 
     name: str  # unique, stable, filesystem-safe: <out>/level1/<name>.parquet
     kind: str  # "folder" | "tar" | "parquet"
     uri: str  # folder root, tar file or parquet file (local path or fsspec URI)
     num_images: int
     members: tuple[str, ...] = ()  # folder shards: image paths relative to uri, posix, sorted
+    start: int = 0  # tar and Parquet ranges: the first image's position in the container
+    offset: int = 0  # tar ranges: byte offset of their first header; Parquet ranges: first row group
+    container: str = ""  # ranges of a split container: its unsplit name (Parquet ids <container>/<row>)
 
     def __post_init__(self) -> None:
         if self.kind not in SHARD_KINDS:
@@ -68,15 +88,29 @@ class ShardSpec:
             raise ValueError(
                 f"shard {self.name!r}: {len(self.members)} members but num_images={self.num_images}"
             )
+        if min(self.num_images, self.start, self.offset) < 0:
+            raise ValueError(f"shard {self.name!r}: num_images, start and offset must be >= 0")
+        if self.kind == "folder" and (self.start or self.offset):
+            raise ValueError(f"shard {self.name!r}: a folder shard lists its members; it has no start or offset")
+
+    @property
+    def container_name(self) -> str:
+        """The name of the whole tar or Parquet file this shard reads (its own name when unsplit)."""
+        return self.container or self.name
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "kind": self.kind,
             "uri": self.uri,
             "num_images": self.num_images,
             "members": list(self.members),
         }
+        if self.kind != "folder":
+            d.update(start=self.start, offset=self.offset)
+            if self.container:
+                d["container"] = self.container
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardSpec":
@@ -86,6 +120,9 @@ class ShardSpec:
             uri=str(d["uri"]),
             num_images=int(d["num_images"]),
             members=tuple(d.get("members") or ()),
+            start=int(d.get("start", 0)),
+            offset=int(d.get("offset", 0)),
+            container=str(d.get("container") or ""),
         )
 
 
@@ -102,8 +139,56 @@ class SourceImage:
 
 
 # -- planning ----------------------------------------------------------------------------------
-def plan_shards(input_uri: str, cfg: InputSpec) -> list[ShardSpec]:
-    """Split an input into shards. Raises ValueError when it does not exist or holds no images."""
+# A mapper runs `fn(*args)` for each args tuple and returns the results in order; `what` names the
+# items for progress lines ("tars"). grand.runtime.plan's runs them as Ray tasks.
+Mapper = Callable[[Callable, list, str], list]
+
+# (offset, start, count) of one range of a container; see ShardSpec.
+Range = tuple[int, int, int]
+
+
+class PlanProgress:
+    """Planning progress on stderr: a line every `interval_s`, and a last one if any was printed or
+    planning took over a second (a few local files plan silently)."""
+
+    def __init__(self, what: str, total: int, interval_s: float = 5.0, stream=None) -> None:
+        self.what, self.total, self.interval_s = what, total, interval_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.printed = False
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= self.interval_s:
+            self._print()
+
+    def close(self) -> None:
+        if self.printed or time.monotonic() - self.start >= 1.0:
+            self._print()
+
+    def _print(self) -> None:
+        self.last, self.printed = time.monotonic(), True
+        print(f"[grand] planning: {self.done}/{self.total} {self.what} read ({self.last - self.start:.0f}s)",
+              file=self.stream, flush=True)
+
+
+def sequential_map(fn: Callable, items: list, what: str) -> list:
+    """The mapper that runs every scan here, one after the other."""
+    progress = PlanProgress(what, len(items))
+    out = []
+    for args in items:
+        out.append(fn(*args))
+        progress.advance()
+    progress.close()
+    return out
+
+
+def plan_shards(input_uri: str, cfg: InputSpec, mapper: Mapper | None = None) -> list[ShardSpec]:
+    """Split an input into shards. Raises ValueError when it does not exist or holds no images.
+
+    `mapper` runs the per-container scans (and the listing of a folder's subfolders) where it likes;
+    it is used only where there are at least two of them. The plan does not depend on it."""
     fs, root = url_to_fs(input_uri)
     root = root.rstrip("/") or root
     image_exts = _normalise_extensions(cfg.extensions)
@@ -112,7 +197,7 @@ def plan_shards(input_uri: str, cfg: InputSpec) -> list[ShardSpec]:
         files = sorted(p for p in fs.glob(root) if fs.isfile(p))
         if not files:
             raise ValueError(f"input {input_uri!r}: the pattern matches no files")
-        return _plan_containers(fs, input_uri, files, {p: p for p in files}, cfg)
+        return _plan_containers(fs, input_uri, files, {p: p for p in files}, cfg, mapper)
     if not fs.exists(root):
         raise ValueError(f"input {input_uri!r} does not exist")
 
@@ -122,13 +207,13 @@ def plan_shards(input_uri: str, cfg: InputSpec) -> list[ShardSpec]:
             parent = posixpath.dirname(root)
             return _plan_folder(_full_uri(fs, parent), posixpath.basename(parent), [name], cfg)
         if _is_tar(name) or name.lower().endswith(_PARQUET_SUFFIX):
-            return _plan_containers(fs, input_uri, [root], {root: root}, cfg)
+            return _plan_containers(fs, input_uri, [root], {root: root}, cfg, mapper)
         raise ValueError(
             f"input {input_uri!r} is not an image folder, a .tar or a .parquet file "
             f"(image suffixes: {', '.join(sorted(image_exts))})"
         )
 
-    rel_files = _visible_files(fs, root)
+    rel_files = _visible_files(fs, root, mapper)
     images = sorted(r for r in rel_files if _suffix(r) in image_exts)
     if images:
         return _plan_folder(_full_uri(fs, root), posixpath.basename(root), images, cfg)
@@ -139,7 +224,7 @@ def plan_shards(input_uri: str, cfg: InputSpec) -> list[ShardSpec]:
             f"{', '.join(sorted(image_exts))}, .tar or .parquet (hidden files and folders are skipped)"
         )
     paths = [f"{root}/{r}" for r in sorted(containers)]
-    return _plan_containers(fs, input_uri, paths, {f"{root}/{r}": r for r in containers}, cfg)
+    return _plan_containers(fs, input_uri, paths, {f"{root}/{r}": r for r in containers}, cfg, mapper)
 
 
 def _plan_folder(root_uri: str, folder_name: str, images: list[str], cfg: InputSpec) -> list[ShardSpec]:
@@ -158,74 +243,112 @@ def _plan_folder(root_uri: str, folder_name: str, images: list[str], cfg: InputS
 
 
 def _plan_containers(
-    fs: fsspec.AbstractFileSystem, input_uri: str, paths: list[str], rel: dict[str, str], cfg: InputSpec
+    fs: fsspec.AbstractFileSystem, input_uri: str, paths: list[str], rel: dict[str, str], cfg: InputSpec,
+    mapper: Mapper | None,
 ) -> list[ShardSpec]:
-    """One shard per tar or parquet file; a mixture of both is refused as ambiguous."""
+    """Ranges of about shard_size images per tar or parquet file; a mixture of both is refused as
+    ambiguous. A container that fits in one shard is one shard named by its stem; a larger one is
+    split into `<stem>-00000`, `<stem>-00001`, ..."""
     tars = [p for p in paths if _is_tar(p)]
     parquets = [p for p in paths if p.lower().endswith(_PARQUET_SUFFIX)]
     if tars and parquets:
         raise ValueError(f"input {input_uri!r} mixes .tar and .parquet files; point it at one kind")
     if not tars and not parquets:
         raise ValueError(f"input {input_uri!r}: no .tar or .parquet files among {len(paths)} matches")
-    names = _unique_shard_names([rel[p] for p in (tars or parquets)])
+    kind, chosen = ("tar", tars) if tars else ("parquet", parquets)
+    scan = _scan_tar if tars else _scan_parquet
+    items = [(fs, p, cfg) for p in chosen]
+    run = mapper if mapper is not None and len(items) > 1 else sequential_map
+    scans = run(scan, items, "tars" if tars else "Parquet files")
     specs = []
-    for path, name in zip(tars or parquets, names):
+    for path, name, ranges in zip(chosen, _unique_shard_names([rel[p] for p in chosen]), scans):
         uri = _full_uri(fs, path)
-        if tars:
-            specs.append(ShardSpec(name, "tar", uri, _count_tar_images(fs, path, cfg)))
-        else:
-            specs.append(ShardSpec(name, "parquet", uri, _count_parquet_rows(fs, path, cfg)))
+        if len(ranges) == 1:  # the whole container, read from its start (as plans before ranges)
+            specs.append(ShardSpec(name, kind, uri, ranges[0][2]))
+            continue
+        for k, (offset, start, count) in enumerate(ranges):
+            specs.append(ShardSpec(f"{name}-{k:05d}", kind, uri, count, start=start, offset=offset, container=name))
     if not any(s.num_images for s in specs):
-        raise ValueError(f"input {input_uri!r} holds no images in its {len(specs)} container file(s)")
-    return specs
+        raise ValueError(f"input {input_uri!r} holds no images in its {len(chosen)} container file(s)")
+    names = _dedupe(s.name for s in specs)  # "a.tar" split into a-00000 beside an "a-00000.tar"
+    return [s if s.name == n else dataclasses.replace(s, name=n) for s, n in zip(specs, names)]
 
 
-def _count_tar_images(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
+def _scan_tar(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> list[Range]:
+    """The tar's ranges of about shard_size images. Only the 512-byte headers are read (random-access
+    mode: member data is skipped by seek, or decompressed and dropped for .tar.gz within the byte
+    budget). A range starts at the first member of a sample (members sharing a key: an image and
+    its sidecar, in either order), so a sample is never split."""
     image_exts = _normalise_extensions(cfg.extensions)
     uri = _full_uri(fs, path)
     retry = Retry(posixpath.basename(path), cfg.read_attempts, cfg.read_backoff_s)
+    ranges: list[list[int]] = []
     count = 0
+    key, group_offset, placed = None, 0, False
+    global_headers = False
     try:
-        # Random-access mode: only the 512-byte headers are read, member data is skipped by seek
-        # (decompressed and dropped for .tar.gz, within the byte budget).
         with _open_tar_stream(fs, path, retry, uri, cfg) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in walk_tar(tar, uri):
-                if _is_image_member(member, image_exts):
-                    count += 1
+                member_key = _member_key(member.name)
+                if member_key != key:
+                    key, group_offset, placed = member_key, member.offset, False
+                if not _is_image_member(member, image_exts):
+                    continue
+                if not placed:  # this sample's first image: it opens a range when the last is full
+                    if not ranges or ranges[-1][2] >= cfg.shard_size:
+                        ranges.append([group_offset, count, 0])
+                    placed = True
+                ranges[-1][2] += 1
+                count += 1
+            global_headers = bool(tar.pax_headers)
     except TransientReadError:
         raise
     except TarStructureError as exc:
         raise ValueError(f"cannot plan {exc.reason}; fix or remove that tar") from None
     except Exception as exc:  # tarfile.TarError, EOFError, zlib / lzma errors: the bytes are damaged
-        return _planned_damaged(path, count, exc)
-    return count
+        _planned_damaged(path, count, exc)
+    if global_headers and len(ranges) > 1:
+        # A global pax header applies to every member after it: a range read from its own offset
+        # would miss it, so such a (rare) tar stays one shard.
+        log.warning("tar %s has global pax headers; planning it as one shard of %d images", path, count)
+        return [(0, 0, count)]
+    return [tuple(r) for r in ranges] or [(0, 0, 0)]
 
 
-def _planned_damaged(path: str, count: int, exc: Exception) -> int:
+def _planned_damaged(path: str, count: int, exc: Exception) -> None:
     if count == 0:
         raise ValueError(f"cannot read tar {path!r}: {_describe(exc)}") from None
     # A damaged tail: plan what the headers showed; reading will report the damaged members.
     log.warning("tar %s is damaged after %d images (%s); planning those", path, count, _describe(exc))
-    return count
 
 
 def _open_tar_stream(fs, path: str, retry: Retry, uri: str, cfg: InputSpec):
     return open_container(fs, path, retry, uri, cfg.max_compression_ratio, cfg.max_file_bytes, decompress=True)
 
 
-def _count_parquet_rows(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> int:
+def _scan_parquet(fs: fsspec.AbstractFileSystem, path: str, cfg: InputSpec) -> list[Range]:
+    """Ranges of whole row groups (first row group, first row, rows) of at most shard_size rows,
+    except where one row group alone is larger: splitting it would decompress it once per range.
+    Only the footer is read."""
     retry = Retry(posixpath.basename(path), cfg.read_attempts, cfg.read_backoff_s)
     try:
         with open_container(fs, path, retry, _full_uri(fs, path), 0, 0, decompress=False) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
-            num_rows = pf.metadata.num_rows
+            group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     except TransientReadError:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet data
         raise ValueError(f"cannot read Parquet file {path!r}: {exc}") from None
     _check_image_column(path, schema, cfg)
-    return num_rows
+    ranges: list[list[int]] = []
+    row = 0
+    for group, n in enumerate(group_rows):
+        if not ranges or (ranges[-1][2] and ranges[-1][2] + n > cfg.shard_size):
+            ranges.append([group, row, 0])
+        ranges[-1][2] += n
+        row += n
+    return [tuple(r) for r in ranges] or [(0, 0, 0)]
 
 
 def _check_image_column(path: str, schema: pa.Schema, cfg: InputSpec) -> None:
@@ -296,9 +419,10 @@ def _retry(spec: ShardSpec, cfg: InputSpec) -> Retry:
 
 
 def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
-    """Stream the tar once, front to back (cheap on object stores), pairing each image with the
-    .json member of the same name. Members of one sample are adjacent in SA-1B and WebDataset
-    tars, so a sample is complete when the next member has a different key."""
+    """Stream the shard's range of the tar once, front to back (cheap on object stores), from the
+    planned offset to the end of its last sample, pairing each image with the .json member of the
+    same name. Members of one sample are adjacent in SA-1B and WebDataset tars, so a sample is
+    complete when the next member has a different key."""
     image_exts = _normalise_extensions(cfg.extensions)
     index = 0
     problem = "tar ended early"
@@ -307,25 +431,29 @@ def _read_tar(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
     group_sidecar: str | None = None
     try:
         fs, path = url_to_fs(spec.uri)
-        with _open_tar_stream(fs, path, _retry(spec, cfg), spec.uri, cfg) as f, \
-                tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in walk_tar(tar, spec.uri):
-                key = _member_key(member.name)
-                if key != group_key:
-                    for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
-                        yield row
-                        index += 1
-                    group_key, group_images, group_sidecar = key, [], None
-                if _is_image_member(member, image_exts):
-                    group_images.append((member.name, _read_member(tar, member, cfg.max_file_bytes)))
-                    got = group_images[-1][1]
-                    if isinstance(got, Exception) and not isinstance(got, ContentError):
-                        problem = "tar is damaged"
-                        break  # in stream mode a failed read leaves the stream unusable
-                elif member.isfile() and member.name.lower().endswith(_SIDECAR_SUFFIX):
-                    sidecar = _read_member(tar, member, cfg.max_file_bytes)
-                    if isinstance(sidecar, bytes):
-                        group_sidecar = sidecar.decode("utf-8", errors="replace")
+        with _open_tar_stream(fs, path, _retry(spec, cfg), spec.uri, cfg) as f:
+            if spec.offset:
+                f.seek(spec.offset)  # a range: its first header (decompressing up to it for .tar.gz)
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in walk_tar(tar, spec.uri):
+                    key = _member_key(member.name)
+                    if key != group_key:
+                        for row in _tar_group_rows(spec, group_key, group_images, group_sidecar, index):
+                            yield row
+                            index += 1
+                        group_key, group_images, group_sidecar = key, [], None
+                        if spec.container and index >= spec.num_images:
+                            break  # the range's last sample is complete; the next range starts here
+                    if _is_image_member(member, image_exts):
+                        group_images.append((member.name, _read_member(tar, member, cfg.max_file_bytes)))
+                        got = group_images[-1][1]
+                        if isinstance(got, Exception) and not isinstance(got, ContentError):
+                            problem = "tar is damaged"
+                            break  # in stream mode a failed read leaves the stream unusable
+                    elif member.isfile() and member.name.lower().endswith(_SIDECAR_SUFFIX):
+                        sidecar = _read_member(tar, member, cfg.max_file_bytes)
+                        if isinstance(sidecar, bytes):
+                            group_sidecar = sidecar.decode("utf-8", errors="replace")
     except TransientReadError:
         raise  # the tar could not be reached: fail the shard, the next run reads it again
     except ContentError as exc:
@@ -372,20 +500,28 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) 
 
 
 def _read_parquet(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
+    """The shard's rows: its range of row groups (from `spec.offset`), or the whole file. Rows without
+    an id column get `<container>/<row in the file>` as id, the same whichever range holds them."""
     index = 0
     problem = "Parquet file ended early"
+
+    def row_id(value) -> str:
+        return str(value) if value is not None else f"{spec.container_name}/{spec.start + index}"
+
     try:
         fs, path = url_to_fs(spec.uri)
         with open_container(fs, path, _retry(spec, cfg), spec.uri, 0, 0, decompress=False) as f:
             pf = pq.ParquetFile(f)
             _check_image_column(spec.uri, pf.schema_arrow, cfg)
             columns = [cfg.image_column] + ([cfg.id_column] if cfg.id_column else [])
-            for group in range(pf.metadata.num_row_groups):
+            for group in range(spec.offset, pf.metadata.num_row_groups):
+                if spec.container and index >= spec.num_images:
+                    break  # the range is complete; the next row group belongs to the next shard
                 bomb = _row_group_bomb(pf.metadata, group, cfg)
                 if bomb:  # refused from the metadata, before a byte is decompressed
                     n = pf.metadata.row_group(group).num_rows
                     for _ in range(n):
-                        yield SourceImage(f"{spec.name}/{index}", f"{spec.uri}::{index}", index, b"", error=bomb)
+                        yield SourceImage(row_id(None), f"{spec.uri}::{spec.start + index}", index, b"", error=bomb)
                         index += 1
                     continue
                 # one batch at a time: memory stays at a batch of a row group, not the file
@@ -393,8 +529,8 @@ def _read_parquet(spec: ShardSpec, cfg: InputSpec) -> Iterator[SourceImage]:
                     images = _image_values(batch.column(cfg.image_column))
                     ids = batch.column(cfg.id_column).to_pylist() if cfg.id_column else [None] * len(images)
                     for value, (data, ref) in zip(ids, images):
-                        image_id = str(value) if value is not None else f"{spec.name}/{index}"
-                        source = f"{spec.uri}::{index}"
+                        image_id = row_id(value)
+                        source = f"{spec.uri}::{spec.start + index}"
                         if data is None:
                             why = f"no image bytes in row (path {ref!r} only)" if ref else "image value is null"
                             yield SourceImage(image_id, source, index, b"", error=why)
@@ -465,10 +601,30 @@ def _is_hidden(rel_path: str) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in rel_path.split("/"))
 
 
-def _visible_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """Files below root as relative posix paths, skipping hidden files and hidden folders."""
+def _visible_files(fs: fsspec.AbstractFileSystem, root: str, mapper: Mapper | None = None) -> list[str]:
+    """Files below root as relative posix paths, skipping hidden files and hidden folders. With a
+    mapper, each top-level subfolder is listed by its own call (a big bucket lists in parallel)."""
+    if mapper is None:
+        return _find_visible(fs, root, root)
+    entries = fs.ls(root, detail=True)
+    subdirs = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
+    subdirs = [d for d in subdirs if d.startswith(root + "/") and not _is_hidden(d[len(root) + 1 :])]
+    if len(subdirs) < 2:
+        return _find_visible(fs, root, root)
     out = []
-    for path in fs.find(root, withdirs=False):
+    for e in entries:
+        name = e["name"].rstrip("/")
+        if e.get("type") != "directory" and name.startswith(root + "/") and not _is_hidden(name[len(root) + 1 :]):
+            out.append(name[len(root) + 1 :])
+    for part in mapper(_find_visible, [(fs, root, d) for d in subdirs], "folders"):
+        out.extend(part)
+    return out
+
+
+def _find_visible(fs: fsspec.AbstractFileSystem, root: str, below: str) -> list[str]:
+    """Files below `below` (root or a folder in it), relative to root, hidden ones skipped."""
+    out = []
+    for path in fs.find(below, withdirs=False):
         if not path.startswith(root + "/"):
             continue
         rel = path[len(root) + 1 :]
@@ -520,15 +676,21 @@ def _unique_shard_names(rel_paths: list[str]) -> list[str]:
         if names.count(names[i]) > 1:
             parts = posixpath.dirname(p).split("/")
             names[i] = _safe_name("-".join([*filter(None, parts), stems[i]]))
+    return _dedupe(names)  # last resort, e.g. "a b.tar" and "a_b.tar"
+
+
+def _dedupe(names: Iterable[str]) -> list[str]:
+    """`names` with a `-1`, `-2` ... suffix on each repeat of an earlier name."""
+    out: list[str] = []
     used: set[str] = set()
-    for i, name in enumerate(names):  # last resort, e.g. "a b.tar" and "a_b.tar"
+    for name in names:
         candidate, k = name, 0
         while candidate in used:
             k += 1
             candidate = f"{name}-{k}"
-        names[i] = candidate
+        out.append(candidate)
         used.add(candidate)
-    return names
+    return out
 
 
 def _full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -208,7 +208,7 @@ def _run_pipeline(cfg: PipelineConfig, opts: RunOptions) -> RunSummary:
         if lv > 1 and getattr(cfg, f"level{lv}") is None:
             raise ConfigError(f"--levels includes {lv} but the config has no level{lv} section (see pipelines/tiny.yaml)")
     out = OutputDir(opts.output)
-    shards = plan_output(cfg, out, opts.input)
+    shards = plan_output(cfg, out, opts.input, address=opts.address)  # may start Ray to plan in parallel
     manifest = Manifest.load(out)
     committed = {lv: out.committed_shards(lv) for lv in ALL_LEVELS}
     for lv in ALL_LEVELS:
